@@ -1,0 +1,168 @@
+//! Reading bodies into memory, within limits.
+
+use std::{error::Error, pin::Pin};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::problems::Problem;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Buffers a request body of at most `limit` bytes: 413 over it, without reading it all when
+/// `Content-Length` already says so.
+pub(crate) async fn request_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, Problem>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = Problem::BodyTooLarge { limit };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    if declared.is_some_and(|len| len > limit_u64) || body.size_hint().lower() > limit_u64 {
+        return Err(too_large);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large),
+        Err(_) => Err(Problem::BodyUnreadable),
+    }
+}
+
+/// A response body read for recording.
+pub(crate) enum Collected<B> {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// Over the limit: what was read so far, and the rest still to stream.
+    TooLarge { prefix: Bytes, rest: Pin<Box<B>> },
+    /// The body failed; the error's text, for the log.
+    Failed(String),
+}
+
+/// Reads a response body of at most `limit` bytes; trailers are not recorded.
+pub(crate) async fn response_body<B>(body: B, limit: usize) -> Collected<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = Box::pin(body);
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    if body.size_hint().lower() > limit_u64 {
+        return Collected::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        };
+    }
+    let mut chunks = Chunks::default();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Err(error) => return Collected::Failed(error.to_string()),
+        };
+        chunks.push(data);
+        if chunks.len > limit {
+            return Collected::TooLarge {
+                prefix: chunks.into_bytes(),
+                rest: body,
+            };
+        }
+    }
+    Collected::Whole(chunks.into_bytes())
+}
+
+/// Body chunks, joined only when there is more than one.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        match (&mut self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
+            (Some(first), None) => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&data);
+                self.rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match (self.first, self.rest) {
+            (_, Some(joined)) => joined.freeze(),
+            (Some(first), None) => first,
+            (None, None) => Bytes::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn stream(
+        chunks: &[&'static str],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn joins_chunks_within_the_limit() {
+        let Collected::Whole(bytes) = response_body(stream(&["ab", "cd", "e"]), 5).await else {
+            panic!("expected the whole body");
+        };
+        assert_eq!(bytes, "abcde");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_keeps_the_prefix_and_the_rest() {
+        let Collected::TooLarge { prefix, rest } =
+            response_body(stream(&["ab", "cd", "ef"]), 3).await
+        else {
+            panic!("expected too large");
+        };
+        assert_eq!(prefix, "abcd");
+        assert_eq!(rest.collect().await.unwrap().to_bytes(), "ef");
+    }
+
+    #[tokio::test]
+    async fn request_over_the_limit_is_refused_by_declared_length_and_by_reading() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
+        let declared = request_body(&headers, stream(&["a"]), 5).await;
+        assert_eq!(declared, Err(Problem::BodyTooLarge { limit: 5 }));
+        let streamed = request_body(&HeaderMap::new(), stream(&["abc", "def"]), 5).await;
+        assert_eq!(streamed, Err(Problem::BodyTooLarge { limit: 5 }));
+        let exact = request_body(
+            &HeaderMap::new(),
+            Full::new(Bytes::from_static(b"12345")),
+            5,
+        )
+        .await;
+        assert_eq!(exact.unwrap(), "12345");
+    }
+}

@@ -1,0 +1,75 @@
+//! Releasing a lease that nobody else will release.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::store::{IdempotencyStore, LeaseToken, StoreKey};
+
+/// Holds the duty to release a key until it is handed off by [`disarm`](Self::disarm).
+///
+/// If the future that owns it is dropped (the client went away during `begin`, a timeout fired,
+/// the handler panicked), the release is spawned on the runtime, so the key is not left locked
+/// until its lease runs out. The release is token-checked: when `begin` had not acquired the
+/// key, it deletes nothing.
+pub(crate) struct ReleaseGuard<St: IdempotencyStore> {
+    store: Arc<St>,
+    pub(crate) key: StoreKey,
+    pub(crate) token: LeaseToken,
+    timeout: Duration,
+    armed: bool,
+}
+
+impl<St: IdempotencyStore> ReleaseGuard<St> {
+    pub(crate) fn new(store: Arc<St>, key: StoreKey, token: LeaseToken, timeout: Duration) -> Self {
+        Self {
+            store,
+            key,
+            token,
+            timeout,
+            armed: true,
+        }
+    }
+
+    /// The lease is settled elsewhere: do nothing on drop.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Releases now, so a retry may run the handler again.
+    pub(crate) async fn release(mut self) {
+        self.armed = false;
+        release(&*self.store, &self.key, &self.token, self.timeout).await;
+    }
+}
+
+impl<St: IdempotencyStore> Drop for ReleaseGuard<St> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %self.key, "idempotency: no runtime to release the key; it stays locked until its lease ends");
+            return;
+        };
+        let (store, key, token, timeout) =
+            (Arc::clone(&self.store), self.key, self.token, self.timeout);
+        runtime.spawn(async move { release(&*store, &key, &token, timeout).await });
+    }
+}
+
+async fn release<St: IdempotencyStore>(
+    store: &St,
+    key: &StoreKey,
+    token: &LeaseToken,
+    timeout: Duration,
+) {
+    match tokio::time::timeout(timeout, store.release(key, token)).await {
+        Ok(Ok(true)) => tracing::debug!(key = %key, "idempotency: released"),
+        Ok(Ok(false)) => tracing::debug!(key = %key, "idempotency: nothing to release"),
+        Ok(Err(error)) => {
+            tracing::warn!(key = %key, %error, "idempotency: release failed; the key stays locked until its lease ends");
+        }
+        Err(_) => {
+            tracing::warn!(key = %key, "idempotency: release timed out; the key stays locked until its lease ends")
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Tower middleware that makes unsafe HTTP requests safe to retry.
+//!
+//! A client sends an `Idempotency-Key` header with a POST or PATCH. The first request with that
+//! key runs the handler; every retry with the same key gets the recorded response back, marked
+//! `Idempotent-Replayed: true`, instead of running the side effect (a charge, an order) again.
+//! It follows the IETF draft *The Idempotency-Key HTTP Header Field*.
+//!
+//! - A key reused with a different request (method, path, query, body) is refused with 422.
+//! - A duplicate that arrives while the first request runs gets 409 with `Retry-After`, or waits
+//!   for the first one's result ([`ConflictPolicy`]).
+//! - The running request holds a lease on its key, renewed while the handler runs, and carries a
+//!   [`FencingToken`] its handler can pass to its own database.
+//! - Records live in an [`IdempotencyStore`]: [`RedisStore`] for many instances, [`MemoryStore`]
+//!   for one.
+//! - Errors are `application/problem+json`; see [`problems`] for every case.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_idempotency::{IdempotencyLayer, MemoryStore, RequestBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new(MemoryStore::new()))
+//!     .service_fn(|_req: Request<RequestBody<String>>| async {
+//!         // Charge the card here: it runs once per key.
+//!         Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(String::from("charged")).unwrap())
+//!     });
+//!
+//! let charge = || Request::post("/charges").header("idempotency-key", "\"c-42\"").body(String::from("{}")).unwrap();
+//! let first = svc.ready().await.unwrap().call(charge()).await.unwrap();
+//! let retry = svc.ready().await.unwrap().call(charge()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! # }
+//! ```
+//!
+//! With axum, and records in Redis:
+//!
+//! ```no_run
+//! use axum::{routing::post, Router};
+//! use tower_idempotency::{IdempotencyLayer, RedisStore};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+//! let app: Router = Router::new()
+//!     .route("/orders", post(|| async { "created" }))
+//!     .layer(IdempotencyLayer::new(store).with_key_required(true));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! - `redis` (default): [`RedisStore`].
+//! - `memory` (default): [`MemoryStore`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod collect;
+mod fingerprint;
+mod future;
+mod guard;
+mod hex;
+mod key;
+mod layer;
+mod policy;
+pub mod problems;
+mod protocol;
+mod response;
+mod scope;
+mod service;
+mod store;
+
+pub use body::{RequestBody, ResponseBody};
+pub use fingerprint::{DefaultFingerprint, Fingerprint, MakeFingerprint};
+pub use future::ResponseFuture;
+pub use key::{IdempotencyKey, MAX_KEY_LEN};
+pub use layer::{
+    IdempotencyLayer, DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS,
+    DEFAULT_RECORD_LIMIT, DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
+};
+pub use policy::{ConflictPolicy, HeaderFilter};
+pub use response::{CompletedRecord, DecodeError, RecordedResponse};
+pub use scope::MakeScope;
+pub use service::IdempotencyService;
+pub use store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+
+#[cfg(feature = "memory")]
+pub use store::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;

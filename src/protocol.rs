@@ -1,0 +1,336 @@
+//! The idempotency protocol for one covered request: DESIGN.md's request path, steps 3 to 9.
+
+use std::{error::Error, fmt, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use tokio::time::{sleep, Instant, MissedTickBehavior};
+use tower_service::Service;
+
+use crate::{
+    body::{RequestBody, ResponseBody},
+    collect::{self, Collected},
+    guard::ReleaseGuard,
+    key::IdempotencyKey,
+    layer::Config,
+    policy::ConflictPolicy,
+    problems::Problem,
+    response::{CompletedRecord, RecordedResponse},
+    store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey},
+    Fingerprint,
+};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The header that marks a replayed response.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
+
+/// What `begin` (and waiting, under [`ConflictPolicy::Wait`]) decided.
+enum Decision<B> {
+    Run(FencingToken),
+    Respond(Response<ResponseBody<B>>),
+}
+
+pub(crate) async fn run<S, St, ReqBody, ResBody>(
+    mut inner: S,
+    store: Arc<St>,
+    config: Arc<Config>,
+    key: IdempotencyKey,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display,
+{
+    let (mut parts, body) = req.into_parts();
+    let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
+        Ok(body) => body,
+        Err(problem) => return Ok(problem.into_response()),
+    };
+    let fingerprint = config.fingerprint.fingerprint(&parts, &body);
+    let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
+    let store_key = StoreKey::derive(
+        scope.as_deref().map(str::as_bytes),
+        parts.method.as_str(),
+        parts.uri.path(),
+        key.as_str(),
+    );
+    let mut guard = ReleaseGuard::new(
+        Arc::clone(&store),
+        store_key,
+        LeaseToken::generate(),
+        config.store_timeout,
+    );
+
+    match decide(&*store, &config, &store_key, &fingerprint, &guard.token).await {
+        Ok(Decision::Respond(response)) => {
+            guard.disarm();
+            Ok(response)
+        }
+        Ok(Decision::Run(fencing_token)) => {
+            tracing::debug!(key = %store_key, fencing_token = fencing_token.get(), "idempotency: acquired");
+            parts.extensions.insert(key);
+            parts.extensions.insert(fencing_token);
+            let req = Request::from_parts(parts, RequestBody::full(body));
+            // On its own task: a client that hangs up must not cut the handler off between its
+            // side effect and the record of it.
+            let task = tokio::spawn(execute(inner, store, config, guard, req));
+            match task.await {
+                Ok(result) => result,
+                Err(error) => match error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => Ok(Problem::ResponseFailed.into_response()),
+                },
+            }
+        }
+        Err(StoreError::Corrupt(error)) => {
+            guard.disarm();
+            tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
+            Ok(Problem::RecordCorrupt.into_response())
+        }
+        // The guard stays armed: a `begin` that timed out may still have acquired the key.
+        Err(error) if config.fail_open => {
+            tracing::warn!(key = %store_key, %error, "idempotency: store failed; running the request unguarded (fail-open)");
+            drop(guard);
+            parts.extensions.insert(key);
+            let response = inner
+                .call(Request::from_parts(parts, RequestBody::full(body)))
+                .await?;
+            Ok(response.map(ResponseBody::new))
+        }
+        Err(error) => {
+            tracing::warn!(key = %store_key, %error, "idempotency: store failed; refusing the request (fail-closed)");
+            Ok(Problem::StoreUnavailable {
+                retry_after_secs: 1,
+            }
+            .into_response())
+        }
+    }
+}
+
+/// Calls `begin`, and under [`ConflictPolicy::Wait`] polls it again while the key is in progress.
+async fn decide<St: IdempotencyStore, B>(
+    store: &St,
+    config: &Config,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    token: &LeaseToken,
+) -> Result<Decision<B>, StoreError> {
+    let mut waiting: Option<Waiting<'_>> = None;
+    loop {
+        let outcome = timed(
+            config.store_timeout,
+            store.begin(key, fingerprint, token, config.lease_ttl),
+        )
+        .await?;
+        let retry_after = match outcome {
+            BeginOutcome::Acquired { fencing_token } => return Ok(Decision::Run(fencing_token)),
+            BeginOutcome::Completed(record) => {
+                tracing::debug!(key = %key, "idempotency: replayed");
+                return Ok(Decision::Respond(replay(record)));
+            }
+            BeginOutcome::Mismatch => {
+                tracing::debug!(key = %key, "idempotency: key reused with another request");
+                return Ok(Decision::Respond(Problem::KeyReused.into_response()));
+            }
+            BeginOutcome::InProgress { retry_after } => retry_after.unwrap_or(config.lease_ttl),
+        };
+        let conflict = || {
+            tracing::debug!(key = %key, "idempotency: conflict with a request in progress");
+            Ok(Decision::Respond(
+                Problem::InProgress {
+                    retry_after_secs: ceil_secs(retry_after),
+                }
+                .into_response(),
+            ))
+        };
+        let ConflictPolicy::Wait { poll, timeout } = config.conflict else {
+            return conflict();
+        };
+        let wait = match &mut waiting {
+            Some(wait) => wait,
+            None => match config.waiters.try_acquire() {
+                Ok(permit) => waiting.insert(Waiting {
+                    _permit: permit,
+                    deadline: Instant::now() + timeout,
+                    delay: poll.max(MIN_POLL),
+                }),
+                Err(_) => return conflict(),
+            },
+        };
+        let now = Instant::now();
+        if now >= wait.deadline {
+            return conflict();
+        }
+        sleep(wait.delay.min(wait.deadline - now)).await;
+        wait.delay = (wait.delay * 2).min(poll.max(MIN_POLL) * 8);
+    }
+}
+
+const MIN_POLL: Duration = Duration::from_millis(1);
+
+/// A request waiting for another to finish; holding its permit caps how many wait at once.
+struct Waiting<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    deadline: Instant,
+    delay: Duration,
+}
+
+/// Runs the handler under its lease, then records or releases: steps 7 and 8.
+async fn execute<S, St, ReqBody, ResBody>(
+    mut inner: S,
+    store: Arc<St>,
+    config: Arc<Config>,
+    mut guard: ReleaseGuard<St>,
+    req: Request<RequestBody<ReqBody>>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    St: IdempotencyStore,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: fmt::Display,
+{
+    let (key, token) = (guard.key, guard.token);
+    let response = match with_renewal(&*store, &config, &key, &token, inner.call(req)).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(key = %key, "idempotency: handler failed; releasing");
+            guard.release().await;
+            return Err(error);
+        }
+    };
+    let (parts, body) = response.into_parts();
+    if !(config.record_when)(&parts) {
+        tracing::debug!(key = %key, status = parts.status.as_u16(), "idempotency: response not recordable; releasing");
+        guard.release().await;
+        return Ok(Response::from_parts(parts, ResponseBody::new(body)));
+    }
+    let (record, body) = match collect::response_body(body, config.record_limit).await {
+        Collected::Whole(bytes) => {
+            let record = CompletedRecord::Response(RecordedResponse {
+                status: parts.status,
+                headers: config.replay_headers.apply(&parts.headers),
+                body: bytes.clone(),
+            });
+            (record, ResponseBody::full(bytes))
+        }
+        Collected::TooLarge { prefix, rest } => {
+            tracing::warn!(key = %key, limit = config.record_limit, "idempotency: response too large to record; keeping a tombstone");
+            (
+                CompletedRecord::Tombstone {
+                    status: parts.status,
+                },
+                ResponseBody::prefixed(prefix, rest),
+            )
+        }
+        Collected::Failed(error) => {
+            tracing::warn!(key = %key, %error, "idempotency: response body failed; releasing");
+            guard.release().await;
+            return Ok(Problem::ResponseFailed.into_response());
+        }
+    };
+    match timed(
+        config.store_timeout,
+        store.complete(&key, &token, &record, config.result_ttl),
+    )
+    .await
+    {
+        Ok(true) => {
+            guard.disarm();
+            tracing::debug!(key = %key, "idempotency: recorded");
+        }
+        Ok(false) => {
+            guard.disarm();
+            tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+        }
+        // The guard releases on drop: the in-progress record must not outlive this request.
+        Err(error) => {
+            tracing::error!(key = %key, %error, "idempotency: could not record the response")
+        }
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Drives `handler` while renewing the lease every third of its length.
+async fn with_renewal<St: IdempotencyStore, F: Future>(
+    store: &St,
+    config: &Config,
+    key: &StoreKey,
+    token: &LeaseToken,
+    handler: F,
+) -> F::Output {
+    let period = (config.lease_ttl / 3).max(MIN_POLL);
+    let renewal = async {
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match timed(
+                config.store_timeout,
+                store.renew(key, token, config.lease_ttl),
+            )
+            .await
+            {
+                Ok(true) => tracing::trace!(key = %key, "idempotency: lease renewed"),
+                Ok(false) => {
+                    tracing::warn!(key = %key, "idempotency: lease lost while the handler runs; another request may run too");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(key = %key, %error, "idempotency: lease renewal failed")
+                }
+            }
+        }
+    };
+    tokio::pin!(handler);
+    tokio::select! {
+        biased;
+        output = &mut handler => output,
+        () = renewal => handler.await,
+    }
+}
+
+/// A store call bounded by the layer's store timeout.
+async fn timed<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
+}
+
+fn ceil_secs(duration: Duration) -> u64 {
+    duration
+        .as_millis()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The recorded response, as the first request got it, marked as a replay.
+fn replay<B>(record: CompletedRecord) -> Response<ResponseBody<B>> {
+    let mut response = match record {
+        CompletedRecord::Response(recorded) => {
+            let mut response = Response::new(ResponseBody::full(recorded.body));
+            *response.status_mut() = recorded.status;
+            *response.headers_mut() = recorded.headers;
+            response
+        }
+        CompletedRecord::Tombstone { status } => {
+            Problem::ResponseNotRecorded { original: status }.into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+}

@@ -1,0 +1,148 @@
+//! The service: routes each request to pass-through or to the idempotency protocol.
+
+use std::{
+    error::Error,
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{
+    body::{RequestBody, ResponseBody},
+    future::ResponseFuture,
+    key,
+    layer::{Config, IdempotencyLayer},
+    problems::Problem,
+    protocol,
+    store::IdempotencyStore,
+};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Runs each covered request at most once per idempotency key; see [`IdempotencyLayer`].
+///
+/// The inner service receives a [`RequestBody`] (the buffered body of a covered request) and
+/// answers as usual; its errors pass through unchanged, and everything the layer detects itself
+/// becomes a problem response. Needs a Tokio runtime: it times store calls and runs each first
+/// execution on its own task, so a client that hangs up cannot cut a handler off half-way.
+pub struct IdempotencyService<S, St> {
+    inner: S,
+    store: Arc<St>,
+    config: Arc<Config>,
+}
+
+impl<S, St> IdempotencyService<S, St> {
+    /// Wraps `inner` with the default settings.
+    pub fn new(inner: S, store: St) -> Self {
+        Self::from_parts(inner, Arc::new(store), Arc::new(Config::default()))
+    }
+
+    pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            store,
+            config,
+        }
+    }
+
+    /// A layer with the default settings that wraps services in this one.
+    pub fn layer(store: St) -> IdempotencyLayer<St> {
+        IdempotencyLayer::new(store)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, St> Clone for IdempotencyService<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for IdempotencyService<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("inner", &self.inner)
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, St>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: fmt::Display,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !self.config.methods.contains(req.method()) {
+            return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
+        }
+        let key = match key::extract(req.headers(), &self.config.header_name) {
+            Ok(Some(key)) => key,
+            Ok(None) if !self.config.key_required => {
+                return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
+            }
+            Ok(None) => return respond(Problem::KeyMissing),
+            Err(error) => return respond(Problem::KeyInvalid(error.detail())),
+        };
+        // The instance polled ready is the one that must be called; keep a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let future = protocol::run(
+            inner,
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            key,
+            req,
+        );
+        ResponseFuture::guarded(Box::pin(future))
+    }
+}
+
+fn respond<F, B, E>(problem: Problem) -> ResponseFuture<F, B, E> {
+    tracing::debug!(
+        status = problem.status().as_u16(),
+        "idempotency: request refused"
+    );
+    ResponseFuture::ready(problem.into_response())
+}

@@ -1,0 +1,56 @@
+use std::{error::Error, fmt};
+
+use crate::response::DecodeError;
+
+type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// Why a store call failed.
+///
+/// The layer answers [`StoreError::Corrupt`] with 500 and every other kind with 503 and
+/// `Retry-After` (or lets the request through unguarded when fail-open is on).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    Backend(BoxError),
+    /// The call did not finish within the layer's store timeout.
+    Timeout,
+    /// A stored record could not be decoded.
+    Corrupt(DecodeError),
+    /// The store is full of live records and will not evict one.
+    Capacity,
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Self::Backend(error.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Backend(e) => write!(f, "idempotency store backend error: {e}"),
+            Self::Timeout => f.write_str("idempotency store call timed out"),
+            Self::Corrupt(e) => write!(f, "idempotency record is corrupt: {e}"),
+            Self::Capacity => f.write_str("idempotency store is full of live records"),
+        }
+    }
+}
+
+impl Error for StoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Backend(e) => Some(e.as_ref()),
+            Self::Corrupt(e) => Some(e),
+            Self::Timeout | Self::Capacity => None,
+        }
+    }
+}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        Self::Corrupt(e)
+    }
+}

@@ -1,0 +1,106 @@
+//! The storage contract the layer drives, and the stores that ship with the crate.
+//!
+//! A store keeps one record per [`StoreKey`]. A record is either *in progress* (a request holds a
+//! lease on it) or *completed* (it holds a [`CompletedRecord`] until its TTL runs out). The layer
+//! calls [`IdempotencyStore::begin`] once per covered request, and then exactly one of
+//! [`complete`](IdempotencyStore::complete) or [`release`](IdempotencyStore::release), with
+//! [`renew`](IdempotencyStore::renew) in between while a slow handler runs.
+//!
+//! Every call after `begin` carries the [`LeaseToken`] the request chose, and a store must refuse it
+//! unless the in-progress record still carries that same token: a request whose lease ran out must
+//! never overwrite or delete a record that now belongs to someone else.
+
+use std::{fmt, future::Future, time::Duration};
+
+use crate::{fingerprint::Fingerprint, response::CompletedRecord};
+
+mod error;
+pub(crate) mod key;
+mod token;
+
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use error::StoreError;
+pub use key::StoreKey;
+pub use token::{FencingToken, LeaseToken};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::MemoryStore;
+
+/// What [`IdempotencyStore::begin`] found, decided in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BeginOutcome {
+    /// No record existed; an in-progress record holding the caller's lease token now does.
+    Acquired {
+        /// Grows with every acquisition of the same key; see [`FencingToken`].
+        fencing_token: FencingToken,
+    },
+    /// A completed record with the same fingerprint exists: replay it.
+    Completed(CompletedRecord),
+    /// Another request holds the lease on this key.
+    InProgress {
+        /// How long the current lease still runs, when the store knows it.
+        retry_after: Option<Duration>,
+    },
+    /// A record exists for this key with a different request fingerprint.
+    Mismatch,
+}
+
+/// A place to keep idempotency records, shared by every instance of the layer that must agree.
+///
+/// Implementations must make [`begin`](Self::begin) atomic (two concurrent calls for one key never
+/// both see [`BeginOutcome::Acquired`]) and must check the lease token on every other call. The
+/// layer wraps each call in a timeout, so a store need not add its own.
+///
+/// The crate ships [`MemoryStore`] (one process) and [`RedisStore`] (many).
+pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
+    /// Replays, refuses, or acquires `key` for the caller, atomically.
+    ///
+    /// On acquisition the record remembers `fingerprint` and `token`, and lives for `lease` unless
+    /// renewed or completed.
+    fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send;
+
+    /// Stores `record` for `ttl` in place of the caller's in-progress record.
+    ///
+    /// Returns `false`, storing nothing, when the record is no longer held with `token`.
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the caller's in-progress record so that a retry may run again.
+    ///
+    /// Returns `false`, deleting nothing, when the record is no longer held with `token`.
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Extends the caller's lease to `lease` from now.
+    ///
+    /// Returns `false` when the record is no longer held with `token`: the lease was lost.
+    fn renew(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}

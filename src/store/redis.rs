@@ -1,0 +1,341 @@
+//! The Redis store: one script call per step, token-checked, cluster-safe.
+//!
+//! Each idempotency key owns two Redis keys that share one hash tag, so every script touches a
+//! single slot and runs unchanged on Redis Cluster and Valkey:
+//!
+//! - `{prefix}{<sha256 hex>}`: a hash with `s` (state: `p` in progress, `c` completed), `f` (the
+//!   request fingerprint), `t` (the holder's lease token, while in progress), `n` (the fencing
+//!   token) and `r` (the encoded response, once completed). Its Redis TTL is the lease while in
+//!   progress and the result TTL once completed.
+//! - `{prefix}{<sha256 hex>}:fence`: the per-key fencing counter. It outlives the record (by the
+//!   store's fence retention), so a holder whose lease lapsed never shares a fencing token with
+//!   the next one.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use redis::{aio::ConnectionLike, aio::ConnectionManager, Script, Value};
+
+use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use crate::{fingerprint::Fingerprint, response::CompletedRecord};
+
+const DEFAULT_PREFIX: &str = "idempotency:";
+const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record}`,
+/// `{2, pttl}` or `{3}`.
+const BEGIN: &str = r"
+local rec = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
+if rec[1] then
+  if rec[2] ~= ARGV[1] then return {3} end
+  if rec[1] == 'c' then return {1, rec[3]} end
+  return {2, redis.call('PTTL', KEYS[1])}
+end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[1], 't', ARGV[2], 'n', fence)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {0, fence}
+";
+
+/// Store the response in place of the caller's in-progress record.
+const COMPLETE: &str = r"
+local rec = redis.call('HMGET', KEYS[1], 's', 't')
+if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
+redis.call('HDEL', KEYS[1], 't')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Delete the caller's in-progress record.
+const RELEASE: &str = r"
+local rec = redis.call('HMGET', KEYS[1], 's', 't')
+if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Extend the caller's lease.
+const RENEW: &str = r"
+local rec = redis.call('HMGET', KEYS[1], 's', 't')
+if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+struct Scripts {
+    begin: Script,
+    complete: Script,
+    release: Script,
+    renew: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            begin: Script::new(BEGIN),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+        }
+    }
+
+    fn all(&self) -> [&Script; 4] {
+        [&self.begin, &self.complete, &self.release, &self.renew]
+    }
+}
+
+/// Keeps records in Redis, shared by every instance of your service.
+///
+/// A replay costs one round trip, a first execution two (`begin` and `complete`), and slow
+/// handlers one more per lease renewal. Scripts are sent by SHA (`EVALSHA`) and reloaded when the
+/// server lost them. Cloning is cheap and shares the connection.
+///
+/// ```no_run
+/// use tower_idempotency::{IdempotencyLayer, RedisStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let layer = IdempotencyLayer::new(store);
+/// # Ok(()) }
+/// ```
+///
+/// Any multiplexed connection works, e.g. a cluster connection, through [`RedisStore::new`].
+#[derive(Clone)]
+pub struct RedisStore<C = ConnectionManager> {
+    conn: C,
+    prefix: Arc<str>,
+    fence_retention: Duration,
+    scripts: Arc<Scripts>,
+}
+
+impl<C> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("fence_retention", &self.fence_retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore<ConnectionManager> {
+    /// Connects to `url` through a reconnecting [`ConnectionManager`] and loads the scripts.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(StoreError::backend)?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .map_err(StoreError::backend)?;
+        let store = Self::new(conn);
+        store.load_scripts().await?;
+        Ok(store)
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Uses an existing connection: a [`ConnectionManager`], a `MultiplexedConnection`, or a
+    /// cluster connection. Never a connection per request: it is cloned for each call.
+    pub fn new(conn: C) -> Self {
+        Self {
+            conn,
+            prefix: Arc::from(DEFAULT_PREFIX),
+            fence_retention: DEFAULT_FENCE_RETENTION,
+            scripts: Arc::new(Scripts::new()),
+        }
+    }
+
+    /// Prefixes every Redis key (default `idempotency:`).
+    ///
+    /// Braces would start a cluster hash tag, so `{` and `}` in the prefix become `_`.
+    pub fn with_key_prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        self.prefix = Arc::from(sanitize_prefix(prefix.as_ref()));
+        self
+    }
+
+    /// How long a key's fencing counter is kept after its last acquisition (default 7 days).
+    ///
+    /// Keep it longer than the result TTL plus the longest pause a holder could survive.
+    pub fn with_fence_retention(mut self, retention: Duration) -> Self {
+        self.fence_retention = retention;
+        self
+    }
+
+    /// Sends the scripts to the server now, so the first request does not pay for `SCRIPT LOAD`.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        Ok(())
+    }
+
+    /// The Redis key that holds the record for `key`.
+    pub fn record_key(&self, key: &StoreKey) -> String {
+        format!("{}{{{}}}", self.prefix, key.to_hex())
+    }
+
+    fn fence_key(record_key: &str) -> String {
+        format!("{record_key}:fence")
+    }
+}
+
+/// Braces in a prefix would start a cluster hash tag before ours.
+fn sanitize_prefix(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| if c == '{' || c == '}' { '_' } else { c })
+        .collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn unexpected(what: &'static str, value: &Value) -> StoreError {
+    StoreError::backend(format!("unexpected reply to {what}: {value:?}"))
+}
+
+fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
+    let Value::Array(items) = &value else {
+        return Err(unexpected("begin", &value));
+    };
+    match items.as_slice() {
+        [Value::Int(0), Value::Int(fence)] => Ok(BeginOutcome::Acquired {
+            fencing_token: FencingToken::new(u64::try_from(*fence).unwrap_or(0)),
+        }),
+        [Value::Int(1), Value::BulkString(bytes)] => {
+            Ok(BeginOutcome::Completed(CompletedRecord::decode(bytes)?))
+        }
+        // A completed record without its response field was not written by this crate.
+        [Value::Int(1), ..] => Err(StoreError::Corrupt(crate::response::DecodeError::Truncated)),
+        [Value::Int(2), Value::Int(pttl)] => Ok(BeginOutcome::InProgress {
+            retry_after: u64::try_from(*pttl).ok().map(Duration::from_millis),
+        }),
+        [Value::Int(3)] => Ok(BeginOutcome::Mismatch),
+        _ => Err(unexpected("begin", &value)),
+    }
+}
+
+fn parse_flag(what: &'static str, value: Value) -> Result<bool, StoreError> {
+    match value {
+        Value::Int(1) => Ok(true),
+        Value::Int(0) => Ok(false),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+impl<C> IdempotencyStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        let record_key = self.record_key(key);
+        let mut invocation = self.scripts.begin.prepare_invoke();
+        invocation
+            .key(&record_key)
+            .key(Self::fence_key(&record_key))
+            .arg(&fingerprint.as_bytes()[..])
+            .arg(&token.to_bytes()[..])
+            .arg(millis(lease))
+            .arg(millis(self.fence_retention));
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_begin(reply)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.complete.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .arg(&token.to_bytes()[..])
+            .arg(&record.encode()[..])
+            .arg(millis(ttl));
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_flag("complete", reply)
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .arg(&token.to_bytes()[..]);
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_flag("release", reply)
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .arg(&token.to_bytes()[..])
+            .arg(millis(lease));
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_flag("renew", reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cannot_open_a_hash_tag() {
+        assert_eq!(sanitize_prefix("a{b}:"), "a_b_:");
+        assert_eq!(sanitize_prefix("idempotency:"), "idempotency:");
+    }
+
+    #[test]
+    fn begin_replies_parse() {
+        assert_eq!(
+            parse_begin(Value::Array(vec![Value::Int(0), Value::Int(7)])).unwrap(),
+            BeginOutcome::Acquired {
+                fencing_token: FencingToken::new(7)
+            }
+        );
+        assert_eq!(
+            parse_begin(Value::Array(vec![Value::Int(3)])).unwrap(),
+            BeginOutcome::Mismatch
+        );
+        assert!(matches!(
+            parse_begin(Value::Array(vec![
+                Value::Int(1),
+                Value::BulkString(b"junk".to_vec())
+            ])),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(parse_begin(Value::Nil).is_err());
+    }
+}
