@@ -1,0 +1,254 @@
+//! Shared by the integration tests: a counting handler, request helpers, and the stores.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod counting_store;
+pub mod suite;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use test_support::{unique_prefix, TestRedis};
+use tokio::sync::Semaphore;
+use tower::{util::BoxCloneService, Service, ServiceBuilder, ServiceExt};
+use tower_idempotency::{
+    FencingToken, IdempotencyLayer, IdempotencyStore, MemoryStore, RedisStore, RequestBody,
+    ResponseBody,
+};
+
+/// The request body every test sends.
+pub type TestBody = BoxBody<Bytes, Infallible>;
+/// The service under test, type-erased so one suite serves every store.
+pub type TestService =
+    BoxCloneService<Request<TestBody>, Response<ResponseBody<Full<Bytes>>>, io::Error>;
+
+/// A deadline for anything a test waits for; far above what a healthy run needs.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A handler that counts its executions. Paths pick its behaviour:
+/// `/gated` waits for [`Handler::open_gate`], `/fail` answers 500, `/error` fails the service,
+/// `/big` answers 4 KiB; anything else answers 201 with multi-valued headers.
+#[derive(Clone)]
+pub struct Handler {
+    executions: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Handler {
+    pub fn new() -> Self {
+        Self {
+            executions: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    pub fn executions(&self) -> usize {
+        self.executions.load(Ordering::SeqCst)
+    }
+
+    /// Lets every gated execution finish.
+    pub fn open_gate(&self) {
+        self.gate.add_permits(1_000);
+    }
+
+    /// Wraps the handler in `layer`.
+    pub fn service<St: IdempotencyStore>(&self, layer: IdempotencyLayer<St>) -> TestService {
+        let handler = self.clone();
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(move |req: Request<RequestBody<TestBody>>| handler.clone().handle(req));
+        BoxCloneService::new(svc)
+    }
+
+    async fn handle(
+        self,
+        req: Request<RequestBody<TestBody>>,
+    ) -> Result<Response<Full<Bytes>>, io::Error> {
+        let n = self.executions.fetch_add(1, Ordering::SeqCst) + 1;
+        let fence = req
+            .extensions()
+            .get::<FencingToken>()
+            .map_or(0, FencingToken::get);
+        let path = req.uri().path().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes();
+        if path == "/gated" {
+            // Never closed, so the permit always comes; forget it so others still wait.
+            self.gate
+                .acquire()
+                .await
+                .map_err(io::Error::other)?
+                .forget();
+        }
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .header("location", format!("/orders/{n}"))
+            .header("x-multi", "first")
+            .header("x-multi", "second")
+            .header("set-cookie", "session=secret")
+            .header("x-fence", fence.to_string());
+        let response = match path.as_str() {
+            "/error" => return Err(io::Error::other("handler failed")),
+            "/fail" => response
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(Full::from("failed")),
+            "/big" => response
+                .status(StatusCode::CREATED)
+                .body(Full::from(vec![b'x'; 4096])),
+            _ => response
+                .status(StatusCode::CREATED)
+                .body(Full::from(format!(
+                    "{{\"execution\":{n},\"echo\":{:?}}}",
+                    String::from_utf8_lossy(&body)
+                ))),
+        };
+        Ok(response.expect("valid response"))
+    }
+}
+
+/// A POST to `path` with an optional key and a body.
+pub fn post(path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Request<TestBody> {
+    let mut builder = Request::post(path);
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder
+        .body(Full::new(body.into()).boxed())
+        .expect("valid request")
+}
+
+/// A POST whose key header carries raw bytes.
+pub fn post_raw_key(key: &[u8]) -> Request<TestBody> {
+    let mut req = post("/orders", None, "{}");
+    req.headers_mut().insert(
+        "idempotency-key",
+        HeaderValue::from_bytes(key).expect("valid header bytes"),
+    );
+    req
+}
+
+/// A POST whose body streams in chunks, with no `Content-Length`.
+pub fn post_streaming(path: &str, key: &str, chunks: Vec<Bytes>) -> Request<TestBody> {
+    let frames = chunks
+        .into_iter()
+        .map(|c| Ok::<_, Infallible>(http_body::Frame::data(c)));
+    let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    Request::post(path)
+        .header("idempotency-key", key)
+        .body(body)
+        .expect("valid request")
+}
+
+/// What a test asserts on.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+
+    pub fn values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("ascii header").to_owned())
+            .collect()
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+
+    /// Asserts a problem+json answer with this status and problem type slug.
+    pub fn assert_problem(&self, status: StatusCode, slug: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.headers["content-type"], "application/problem+json");
+        let json: serde_json::Value = serde_json::from_slice(&self.body).expect("problem is JSON");
+        assert_eq!(json["status"], status.as_u16());
+        assert!(
+            json["type"]
+                .as_str()
+                .expect("type")
+                .ends_with(&format!("#{slug}")),
+            "type {} is not {slug}",
+            json["type"]
+        );
+        assert!(json["title"].is_string() && json["detail"].is_string());
+    }
+}
+
+/// Sends one request through the service and reads the whole answer.
+pub fn send(
+    svc: &TestService,
+    req: Request<TestBody>,
+) -> impl Future<Output = Answer> + Send + 'static {
+    let response = try_send(svc, req);
+    async move { response.await.expect("service ok") }
+}
+
+/// Sends a request whose inner service may fail.
+pub fn try_send(
+    svc: &TestService,
+    req: Request<TestBody>,
+) -> impl Future<Output = Result<Answer, io::Error>> + Send + 'static {
+    // The service is `Send` but not `Sync`: clone it here, not across an await.
+    let mut svc = svc.clone();
+    async move {
+        let response = svc.ready().await?.call(req).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A fresh in-memory store.
+pub async fn memory_store() -> (MemoryStore, ()) {
+    (MemoryStore::new(), ())
+}
+
+/// A Redis store on a test server, with a key prefix of its own.
+pub async fn redis_store() -> (RedisStore, TestRedis) {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url())
+        .await
+        .expect("connect to the test Redis")
+        .with_key_prefix(unique_prefix("conformance"));
+    (store, redis)
+}

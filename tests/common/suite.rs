@@ -1,0 +1,365 @@
+//! The conformance suite: every behaviour the layer promises, against any store.
+//!
+//! Each function takes a fresh store; `conformance.rs` runs them all once per store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::task::JoinSet;
+use tower_idempotency::{
+    BeginOutcome, CompletedRecord, ConflictPolicy, Fingerprint, IdempotencyLayer, IdempotencyStore,
+    LeaseToken, RecordedResponse, StoreKey,
+};
+
+use super::{
+    counting_store::CountingStore, eventually, post, post_raw_key, post_streaming, send, try_send,
+    Answer, Handler, DEADLINE,
+};
+
+pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+
+    let first = send(&svc, post("/orders", Some("key-1"), "{\"amount\":1200}")).await;
+    let retry = send(&svc, post("/orders", Some("key-1"), "{\"amount\":1200}")).await;
+
+    assert_eq!(handler.executions(), 1);
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.replayed());
+    assert!(retry.replayed());
+    assert_eq!(retry.status, first.status);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(
+        retry.text(),
+        "{\"execution\":1,\"echo\":\"{\\\"amount\\\":1200}\"}"
+    );
+    for name in ["content-type", "location", "x-multi", "x-fence"] {
+        assert_eq!(retry.values(name), first.values(name), "header {name}");
+    }
+    assert_eq!(retry.values("x-multi"), ["first", "second"]);
+    // The first client gets its cookie; nobody else does.
+    assert_eq!(first.values("set-cookie"), ["session=secret"]);
+    assert!(retry.values("set-cookie").is_empty());
+}
+
+pub async fn quoted_and_bare_keys_are_the_same_key<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let first = send(&svc, post("/orders", Some("\"abc\""), "{}")).await;
+    let retry = send(&svc, post("/orders", Some("abc"), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(retry.replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+pub async fn a_different_payload_is_422<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    assert_eq!(
+        send(&svc, post("/orders", Some("k"), "{\"amount\":1}"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    send(&svc, post("/orders", Some("k"), "{\"amount\":2}"))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "key-reused");
+    send(&svc, post("/orders?dry_run=1", Some("k"), "{\"amount\":1}"))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "key-reused");
+    assert_eq!(handler.executions(), 1);
+}
+
+/// 64 requests with one key while the first is held: one runs, the rest get 409 at once.
+pub async fn concurrent_duplicates_run_once_under_reject<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let mut tasks = JoinSet::new();
+    for _ in 0..64 {
+        let svc = svc.clone();
+        tasks.spawn(async move { send(&svc, post("/gated", Some("same"), "{}")).await });
+    }
+    let mut answers = Vec::new();
+    let collect_63 = async {
+        while answers.len() < 63 {
+            answers.push(tasks.join_next().await.expect("task").expect("no panic"));
+        }
+    };
+    tokio::time::timeout(DEADLINE, collect_63)
+        .await
+        .expect("63 duplicates answered while the first ran");
+    assert_eq!(handler.executions(), 1);
+    for answer in &answers {
+        answer.assert_problem(StatusCode::CONFLICT, "in-progress");
+        let retry_after: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1);
+    }
+    handler.open_gate();
+    let last = tasks.join_next().await.expect("task").expect("no panic");
+    assert_eq!(last.status, StatusCode::CREATED);
+    assert!(!last.replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+/// 64 requests with one key under `Wait`: one runs, the other 63 wait and get its response.
+pub async fn concurrent_duplicates_run_once_under_wait<St: IdempotencyStore + Clone>(store: St) {
+    let store = CountingStore::new(store);
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store.clone())
+        .with_conflict_policy(ConflictPolicy::wait(Duration::from_millis(5), DEADLINE));
+    let svc = handler.service(layer);
+    let mut tasks = JoinSet::new();
+    for _ in 0..64 {
+        let svc = svc.clone();
+        tasks.spawn(async move { send(&svc, post("/gated", Some("same"), "{}")).await });
+    }
+    // Every request has reached the store (and found the key taken) before the first finishes.
+    eventually("64 begin calls", || store.begins() >= 64).await;
+    assert_eq!(handler.executions(), 1);
+    handler.open_gate();
+    let answers: Vec<Answer> = tokio::time::timeout(DEADLINE, tasks.join_all())
+        .await
+        .expect("all answered");
+    assert_eq!(handler.executions(), 1);
+    assert!(answers.iter().all(|a| a.status == StatusCode::CREATED));
+    assert_eq!(answers.iter().filter(|a| a.replayed()).count(), 63);
+    assert!(answers.iter().all(|a| a.body == answers[0].body));
+}
+
+pub async fn wait_gives_up_with_409_after_its_timeout<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store).with_conflict_policy(ConflictPolicy::wait(
+        Duration::from_millis(5),
+        Duration::from_millis(100),
+    ));
+    let svc = handler.service(layer);
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, post("/gated", Some("k"), "{}")).await }
+    });
+    eventually("the first request to start", || handler.executions() == 1).await;
+    send(&svc, post("/gated", Some("k"), "{}"))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "in-progress");
+    handler.open_gate();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(handler.executions(), 1);
+}
+
+/// A lease that ran out lets the next request in, and its old holder can touch nothing.
+pub async fn an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder<
+    St: IdempotencyStore,
+>(
+    store: St,
+) {
+    let key = StoreKey::derive(None, "POST", "/orders", "lease");
+    let fp = Fingerprint::sha256(b"request");
+    let (old, new) = (LeaseToken::generate(), LeaseToken::generate());
+    let long = Duration::from_secs(30);
+
+    let BeginOutcome::Acquired {
+        fencing_token: old_fence,
+    } = store
+        .begin(&key, &fp, &old, Duration::from_millis(150))
+        .await
+        .unwrap()
+    else {
+        panic!("first begin must acquire");
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let new_fence = loop {
+        match store.begin(&key, &fp, &new, long).await.unwrap() {
+            BeginOutcome::Acquired { fencing_token } => break fencing_token,
+            BeginOutcome::InProgress { .. } => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the lease never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(
+        new_fence > old_fence,
+        "fencing tokens must grow: {old_fence:?} then {new_fence:?}"
+    );
+
+    let record = CompletedRecord::Response(RecordedResponse {
+        status: StatusCode::CREATED,
+        headers: Default::default(),
+        body: Bytes::from_static(b"new holder"),
+    });
+    let stale = CompletedRecord::Tombstone {
+        status: StatusCode::OK,
+    };
+    assert!(!store.complete(&key, &old, &stale, long).await.unwrap());
+    assert!(!store.renew(&key, &old, long).await.unwrap());
+    assert!(!store.release(&key, &old).await.unwrap());
+    assert!(matches!(
+        store
+            .begin(&key, &fp, &LeaseToken::generate(), long)
+            .await
+            .unwrap(),
+        BeginOutcome::InProgress { .. }
+    ));
+    assert!(store.renew(&key, &new, long).await.unwrap());
+    assert!(store.complete(&key, &new, &record, long).await.unwrap());
+    assert!(
+        !store.release(&key, &new).await.unwrap(),
+        "a completed record is not released"
+    );
+    assert_eq!(
+        store
+            .begin(&key, &fp, &LeaseToken::generate(), long)
+            .await
+            .unwrap(),
+        BeginOutcome::Completed(record)
+    );
+}
+
+pub async fn server_errors_and_handler_failures_are_not_recorded<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+
+    let first = send(&svc, post("/fail", Some("k"), "{}")).await;
+    let retry = send(&svc, post("/fail", Some("k"), "{}")).await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(retry.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!retry.replayed());
+    assert_eq!(handler.executions(), 2);
+    let (f1, f2): (u64, u64) = (
+        first.values("x-fence")[0].parse().unwrap(),
+        retry.values("x-fence")[0].parse().unwrap(),
+    );
+    assert!(
+        f2 > f1,
+        "a new acquisition of the key gets a larger fencing token"
+    );
+
+    assert!(try_send(&svc, post("/error", Some("k2"), "{}"))
+        .await
+        .is_err());
+    assert!(try_send(&svc, post("/error", Some("k2"), "{}"))
+        .await
+        .is_err());
+    assert_eq!(handler.executions(), 4);
+}
+
+pub async fn a_body_over_the_limit_is_413_and_never_runs<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store).with_body_limit(1024));
+
+    send(&svc, post("/orders", Some("k"), vec![b'a'; 1025]))
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    let chunks = vec![Bytes::from(vec![b'a'; 600]), Bytes::from(vec![b'a'; 600])];
+    send(&svc, post_streaming("/orders", "k", chunks))
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    assert_eq!(handler.executions(), 0);
+
+    // Nothing was stored: the same key with a body within the limit runs.
+    let ok = send(&svc, post("/orders", Some("k"), vec![b'a'; 1024])).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    assert_eq!(handler.executions(), 1);
+}
+
+pub async fn bad_or_missing_keys_are_400<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store).with_key_required(true));
+
+    send(&svc, post("/orders", None, "{}"))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "key-missing");
+    for key in [
+        &b""[..],
+        b"\"\"",
+        &[b'k'; 256],
+        "clé".as_bytes(),
+        b"a b",
+        b"\"open",
+    ] {
+        send(&svc, post_raw_key(key))
+            .await
+            .assert_problem(StatusCode::BAD_REQUEST, "key-invalid");
+    }
+    assert_eq!(handler.executions(), 0);
+    assert_eq!(
+        send(&svc, post_raw_key(&[b'k'; 255])).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(handler.executions(), 1);
+}
+
+pub async fn optional_keys_and_uncovered_methods_pass_through<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    for _ in 0..2 {
+        let answer = send(&svc, post("/orders", None, "{}")).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert!(!answer.replayed());
+    }
+    for _ in 0..2 {
+        let get = http::Request::get("/orders")
+            .header("idempotency-key", "k")
+            .body(http_body_util::BodyExt::boxed(http_body_util::Empty::new()))
+            .unwrap();
+        assert!(!send(&svc, get).await.replayed());
+    }
+    assert_eq!(handler.executions(), 4);
+}
+
+pub async fn scopes_never_share_records<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store).with_scope(|parts: &http::request::Parts| {
+        parts
+            .headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let svc = handler.service(layer);
+    let as_tenant = |tenant: &str| {
+        let mut req = post("/orders", Some("shared-key"), "{}");
+        req.headers_mut()
+            .insert("x-tenant", tenant.parse().unwrap());
+        req
+    };
+    let a = send(&svc, as_tenant("a")).await;
+    let b = send(&svc, as_tenant("b")).await;
+    let unscoped = send(&svc, post("/orders", Some("shared-key"), "{}")).await;
+    assert!(!a.replayed() && !b.replayed() && !unscoped.replayed());
+    assert_eq!(handler.executions(), 3);
+    let a_again = send(&svc, as_tenant("a")).await;
+    assert!(a_again.replayed());
+    assert_eq!(a_again.body, a.body);
+    assert_ne!(a.body, b.body);
+    assert_eq!(handler.executions(), 3);
+}
+
+pub async fn a_response_too_large_to_record_leaves_a_tombstone<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store).with_record_limit(1000));
+    let first = send(&svc, post("/big", Some("k"), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(
+        first.body.len(),
+        4096,
+        "the first client still gets the whole body"
+    );
+
+    let retry = send(&svc, post("/big", Some("k"), "{}")).await;
+    retry.assert_problem(StatusCode::CONFLICT, "response-not-recorded");
+    assert!(retry.replayed());
+    assert!(retry.headers.get("retry-after").is_none());
+    let json: serde_json::Value = serde_json::from_slice(&retry.body).unwrap();
+    assert_eq!(json["original_status"], 201);
+    assert_eq!(handler.executions(), 1);
+}

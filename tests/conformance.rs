@@ -1,0 +1,39 @@
+//! The conformance suite, run against every store the crate ships.
+
+mod common;
+
+macro_rules! conformance {
+    ($($store:ident => $make:path;)+) => {$(
+        mod $store {
+            use super::common::{self, suite};
+
+            conformance!(@tests $make;
+                first_response_and_replay_are_identical,
+                quoted_and_bare_keys_are_the_same_key,
+                a_different_payload_is_422,
+                concurrent_duplicates_run_once_under_reject,
+                concurrent_duplicates_run_once_under_wait,
+                wait_gives_up_with_409_after_its_timeout,
+                an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder,
+                server_errors_and_handler_failures_are_not_recorded,
+                a_body_over_the_limit_is_413_and_never_runs,
+                bad_or_missing_keys_are_400,
+                optional_keys_and_uncovered_methods_pass_through,
+                scopes_never_share_records,
+                a_response_too_large_to_record_leaves_a_tombstone,
+            );
+        }
+    )+};
+    (@tests $make:path; $($test:ident,)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let (store, _keep_alive) = $make().await;
+            suite::$test(store).await;
+        }
+    )+};
+}
+
+conformance! {
+    memory => common::memory_store;
+    redis => common::redis_store;
+}
