@@ -1,0 +1,135 @@
+//! What only the Redis store promises: round trips, its key layout, script reloads, and corrupt
+//! records.
+
+mod common;
+
+use http::StatusCode;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use test_support::{unique_prefix, TestRedis};
+use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey};
+
+use common::{post, send, Handler};
+
+/// Watches `MONITOR` to count the commands clients send; commands a script runs are not round
+/// trips, so lines from `lua` are left out.
+struct RoundTrips {
+    monitor: std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>,
+    probe: redis::aio::MultiplexedConnection,
+    marks: u32,
+}
+
+impl RoundTrips {
+    async fn watch(redis: &TestRedis) -> Self {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let monitor = client.get_async_monitor().await.unwrap().into_on_message::<String>();
+        let mut this = Self {
+            monitor: Box::pin(monitor),
+            probe: redis.connection().await,
+            marks: 0,
+        };
+        this.since_last().await;
+        this
+    }
+
+    /// The client commands since the last call, in order, by name.
+    async fn since_last(&mut self) -> Vec<String> {
+        self.marks += 1;
+        let mark = format!("round-trip-mark-{}", self.marks);
+        let _: String = redis::cmd("ECHO").arg(&mark).query_async(&mut self.probe).await.unwrap();
+        let mut commands = Vec::new();
+        loop {
+            let line = tokio::time::timeout(common::DEADLINE, self.monitor.next())
+                .await
+                .expect("MONITOR line")
+                .expect("MONITOR open");
+            if line.contains(&mark) {
+                return commands;
+            }
+            if line.contains(" lua]") || line.contains("round-trip-mark-") {
+                continue;
+            }
+            let name = line.split('"').nth(1).unwrap_or_default().to_ascii_uppercase();
+            commands.push(name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_first_execution_costs_two_round_trips_and_a_replay_one() {
+    let redis = TestRedis::start_own().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let mut round_trips = RoundTrips::watch(&redis).await;
+
+    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
+    assert_eq!(round_trips.since_last().await, ["EVALSHA", "EVALSHA"]);
+
+    let replay = send(&svc, post("/orders", Some("k"), "{}")).await;
+    assert!(replay.replayed());
+    assert_eq!(round_trips.since_last().await, ["EVALSHA"]);
+    assert_eq!(handler.executions(), 1);
+}
+
+#[tokio::test]
+async fn scripts_are_reloaded_after_the_server_forgets_them() {
+    let redis = TestRedis::start_own().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let mut probe = redis.connection().await;
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut probe).await.unwrap();
+
+    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
+    assert!(send(&svc, post("/orders", Some("k"), "{}")).await.replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+#[tokio::test]
+async fn every_key_of_a_record_shares_one_hash_tag_and_no_raw_key_text() {
+    let redis = TestRedis::start().await;
+    let prefix = unique_prefix("layout");
+    let store = RedisStore::connect(redis.url()).await.unwrap().with_key_prefix(&prefix);
+    let svc = Handler::new().service(IdempotencyLayer::new(store.clone()));
+    let hostile = "{tag}:key with\tspaces";
+    let mut req = post("/orders", None, "{}");
+    req.headers_mut().insert("idempotency-key", format!("\"{hostile}\"").parse().unwrap());
+    // A tab is not visible ASCII: refused before it reaches the store.
+    assert_eq!(send(&svc, req).await.status, StatusCode::BAD_REQUEST);
+    let key_text = "{tag}:key";
+    assert_eq!(send(&svc, post("/orders", Some(key_text), "{}")).await.status, StatusCode::CREATED);
+
+    let mut probe = redis.connection().await;
+    let mut keys: Vec<String> = probe.keys(format!("{prefix}*")).await.unwrap();
+    keys.sort();
+    let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", key_text));
+    assert_eq!(keys, [record.clone(), format!("{record}:fence")]);
+    for key in &keys {
+        assert!(!key.contains("tag"), "raw key text leaked into {key}");
+        let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
+        assert_eq!(tag.len(), 66, "hash tag of {key} is the 64-digit digest");
+        assert_eq!(key.matches('{').count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_500_and_never_reruns_the_handler() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url())
+        .await
+        .unwrap()
+        .with_key_prefix(unique_prefix("corrupt"));
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store.clone()));
+    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
+
+    let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", "k"));
+    let mut probe = redis.connection().await;
+    let () = probe.hset(&record, "r", "garbage").await.unwrap();
+
+    send(&svc, post("/orders", Some("k"), "{}"))
+        .await
+        .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "record-corrupt");
+    assert_eq!(handler.executions(), 1);
+}
