@@ -3,8 +3,8 @@
 
 mod common;
 
-use http::StatusCode;
 use futures_util::StreamExt;
+use http::StatusCode;
 use redis::AsyncCommands;
 use test_support::{unique_prefix, TestRedis};
 use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey};
@@ -22,7 +22,11 @@ struct RoundTrips {
 impl RoundTrips {
     async fn watch(redis: &TestRedis) -> Self {
         let client = redis::Client::open(redis.url()).unwrap();
-        let monitor = client.get_async_monitor().await.unwrap().into_on_message::<String>();
+        let monitor = client
+            .get_async_monitor()
+            .await
+            .unwrap()
+            .into_on_message::<String>();
         let mut this = Self {
             monitor: Box::pin(monitor),
             probe: redis.connection().await,
@@ -36,7 +40,11 @@ impl RoundTrips {
     async fn since_last(&mut self) -> Vec<String> {
         self.marks += 1;
         let mark = format!("round-trip-mark-{}", self.marks);
-        let _: String = redis::cmd("ECHO").arg(&mark).query_async(&mut self.probe).await.unwrap();
+        let _: String = redis::cmd("ECHO")
+            .arg(&mark)
+            .query_async(&mut self.probe)
+            .await
+            .unwrap();
         let mut commands = Vec::new();
         loop {
             let line = tokio::time::timeout(common::DEADLINE, self.monitor.next())
@@ -49,7 +57,11 @@ impl RoundTrips {
             if line.contains(" lua]") || line.contains("round-trip-mark-") {
                 continue;
             }
-            let name = line.split('"').nth(1).unwrap_or_default().to_ascii_uppercase();
+            let name = line
+                .split('"')
+                .nth(1)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
             commands.push(name);
         }
     }
@@ -63,7 +75,10 @@ async fn a_first_execution_costs_two_round_trips_and_a_replay_one() {
     let svc = handler.service(IdempotencyLayer::new(store));
     let mut round_trips = RoundTrips::watch(&redis).await;
 
-    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(&svc, post("/orders", Some("k"), "{}")).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(round_trips.since_last().await, ["EVALSHA", "EVALSHA"]);
 
     let replay = send(&svc, post("/orders", Some("k"), "{}")).await;
@@ -79,10 +94,19 @@ async fn scripts_are_reloaded_after_the_server_forgets_them() {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
     let mut probe = redis.connection().await;
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut probe).await.unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut probe)
+        .await
+        .unwrap();
 
-    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
-    assert!(send(&svc, post("/orders", Some("k"), "{}")).await.replayed());
+    assert_eq!(
+        send(&svc, post("/orders", Some("k"), "{}")).await.status,
+        StatusCode::CREATED
+    );
+    assert!(send(&svc, post("/orders", Some("k"), "{}"))
+        .await
+        .replayed());
     assert_eq!(handler.executions(), 1);
 }
 
@@ -90,15 +114,24 @@ async fn scripts_are_reloaded_after_the_server_forgets_them() {
 async fn every_key_of_a_record_shares_one_hash_tag_and_no_raw_key_text() {
     let redis = TestRedis::start().await;
     let prefix = unique_prefix("layout");
-    let store = RedisStore::connect(redis.url()).await.unwrap().with_key_prefix(&prefix);
+    let store = RedisStore::connect(redis.url())
+        .await
+        .unwrap()
+        .with_key_prefix(&prefix);
     let svc = Handler::new().service(IdempotencyLayer::new(store.clone()));
     let hostile = "{tag}:key with\tspaces";
     let mut req = post("/orders", None, "{}");
-    req.headers_mut().insert("idempotency-key", format!("\"{hostile}\"").parse().unwrap());
+    req.headers_mut()
+        .insert("idempotency-key", format!("\"{hostile}\"").parse().unwrap());
     // A tab is not visible ASCII: refused before it reaches the store.
     assert_eq!(send(&svc, req).await.status, StatusCode::BAD_REQUEST);
     let key_text = "{tag}:key";
-    assert_eq!(send(&svc, post("/orders", Some(key_text), "{}")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(&svc, post("/orders", Some(key_text), "{}"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
 
     let mut probe = redis.connection().await;
     let mut keys: Vec<String> = probe.keys(format!("{prefix}*")).await.unwrap();
@@ -122,7 +155,10 @@ async fn a_corrupt_record_is_500_and_never_reruns_the_handler() {
         .with_key_prefix(unique_prefix("corrupt"));
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store.clone()));
-    assert_eq!(send(&svc, post("/orders", Some("k"), "{}")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        send(&svc, post("/orders", Some("k"), "{}")).await.status,
+        StatusCode::CREATED
+    );
 
     let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", "k"));
     let mut probe = redis.connection().await;

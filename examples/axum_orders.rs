@@ -1,0 +1,128 @@
+//! An orders API behind the idempotency layer, on axum.
+//!
+//! Run with
+//!
+//! ```not_rust
+//! cargo run --example axum_orders
+//! ```
+//!
+//! then create an order; send it twice and the second answer is a replay of the first:
+//!
+//! ```not_rust
+//! curl -i localhost:3000/orders -H 'idempotency-key: k-1' -H 'content-type: application/json' \
+//!      -d '{"customer_id": "C001", "amount": 1200}'
+//! ```
+//!
+//! Environment: `BIND` (default 127.0.0.1:3000); `REDIS_URL` to keep records in Redis (default:
+//! in memory); `ORDER_DELAY_MS` (default 300), how long creating an order takes;
+//! `IDEMPOTENCY_CONFLICT` = `reject` (default) or `wait`; `IDEMPOTENCY_LEASE_MS`;
+//! `IDEMPOTENCY_TTL_S`.
+
+#[path = "support/orders.rs"]
+mod orders;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use orders::{problem, OrderBook, Settings};
+use tower_idempotency::{IdempotencyLayer, MemoryStore, RedisStore};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone)]
+struct App {
+    book: OrderBook,
+    delay: std::time::Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_idempotency=debug".into()),
+        )
+        .init();
+    if let Err(error) = run().await {
+        eprintln!("axum_orders: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env()?;
+    let app = App {
+        book: OrderBook::default(),
+        delay: settings.order_delay,
+    };
+    // Only creating an order is covered; reads need no key.
+    let create = post(create_order);
+    let (create, store) = match &settings.redis_url {
+        Some(url) => {
+            let store = RedisStore::connect(url).await?;
+            (
+                create.layer(settings.configure(IdempotencyLayer::new(store))),
+                "redis",
+            )
+        }
+        None => (
+            create.layer(settings.configure(IdempotencyLayer::new(MemoryStore::new()))),
+            "memory",
+        ),
+    };
+    let router = Router::new()
+        .route("/orders", create.get(list_orders))
+        .route("/orders/{id}", get(get_order))
+        .with_state(app);
+
+    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    tracing::info!(addr = %listener.local_addr()?, store, "axum_orders listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn create_order(State(app): State<App>, body: Bytes) -> Response {
+    // Stands for real work: a payment, a database write.
+    tokio::time::sleep(app.delay).await;
+    match app.book.create(&body) {
+        Ok(order) => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/orders/{}", order.id))],
+            Json(order),
+        )
+            .into_response(),
+        Err(detail) => problem_response(StatusCode::BAD_REQUEST, "Invalid order", &detail),
+    }
+}
+
+async fn list_orders(State(app): State<App>) -> Response {
+    Json(app.book.all()).into_response()
+}
+
+async fn get_order(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.book.get(&id) {
+        Some(order) => Json(order).into_response(),
+        None => problem_response(
+            StatusCode::NOT_FOUND,
+            "Order not found",
+            &format!("no order {id}"),
+        ),
+    }
+}
+
+fn problem_response(status: StatusCode, title: &str, detail: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        problem(status.as_u16(), title, detail),
+    )
+        .into_response()
+}

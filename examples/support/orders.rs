@@ -1,0 +1,143 @@
+//! The orders API both examples serve, and the layer settings they read from the environment.
+
+use std::{
+    collections::hash_map::RandomState,
+    env,
+    hash::BuildHasher,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tower_idempotency::{ConflictPolicy, IdempotencyLayer};
+
+/// What the examples read from the environment.
+pub(crate) struct Settings {
+    pub(crate) bind: SocketAddr,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) order_delay: Duration,
+    pub(crate) conflict: ConflictPolicy,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) result_ttl: Option<Duration>,
+}
+
+impl Settings {
+    /// `BIND`, `REDIS_URL`, `ORDER_DELAY_MS`, `IDEMPOTENCY_CONFLICT`, `IDEMPOTENCY_LEASE_MS`,
+    /// `IDEMPOTENCY_TTL_S`; a malformed value is an error that names the variable.
+    pub(crate) fn from_env() -> Result<Self, String> {
+        let bind = var("BIND")
+            .unwrap_or_else(|| "127.0.0.1:3000".to_owned())
+            .parse()
+            .map_err(|e| format!("BIND: {e}"))?;
+        let conflict = match var("IDEMPOTENCY_CONFLICT").as_deref() {
+            None | Some("reject") => ConflictPolicy::Reject,
+            Some("wait") => {
+                ConflictPolicy::wait(Duration::from_millis(25), Duration::from_secs(10))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "IDEMPOTENCY_CONFLICT: expected reject or wait, got {other:?}"
+                ))
+            }
+        };
+        Ok(Self {
+            bind,
+            redis_url: var("REDIS_URL"),
+            order_delay: Duration::from_millis(number("ORDER_DELAY_MS")?.unwrap_or(300)),
+            conflict,
+            lease: number("IDEMPOTENCY_LEASE_MS")?.map(Duration::from_millis),
+            result_ttl: number("IDEMPOTENCY_TTL_S")?.map(Duration::from_secs),
+        })
+    }
+
+    /// The layer every covered route gets: keys required, the chosen policy, lease and TTL.
+    pub(crate) fn configure<St>(&self, layer: IdempotencyLayer<St>) -> IdempotencyLayer<St> {
+        let mut layer = layer
+            .with_key_required(true)
+            .with_conflict_policy(self.conflict);
+        if let Some(lease) = self.lease {
+            layer = layer.with_lease_ttl(lease);
+        }
+        if let Some(ttl) = self.result_ttl {
+            layer = layer.with_result_ttl(ttl);
+        }
+        layer
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn number(name: &str) -> Result<Option<u64>, String> {
+    var(name)
+        .map(|v| v.parse().map_err(|e| format!("{name}: {e}")))
+        .transpose()
+}
+
+/// One order.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Order {
+    pub(crate) id: String,
+    pub(crate) customer_id: String,
+    pub(crate) amount: u64,
+}
+
+#[derive(Deserialize)]
+struct NewOrder {
+    customer_id: String,
+    amount: u64,
+}
+
+/// Every order this process created, in order.
+#[derive(Clone, Default)]
+pub(crate) struct OrderBook {
+    orders: Arc<Mutex<Vec<Order>>>,
+    counter: Arc<AtomicU64>,
+    seed: RandomState,
+}
+
+impl OrderBook {
+    /// Creates an order from a JSON body `{"customer_id": "C001", "amount": 1200}`.
+    pub(crate) fn create(&self, body: &[u8]) -> Result<Order, String> {
+        let new: NewOrder =
+            serde_json::from_slice(body).map_err(|e| format!("invalid order: {e}"))?;
+        if new.customer_id.is_empty() {
+            return Err("invalid order: customer_id must not be empty".to_owned());
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        // Unique across processes too, so two instances never hand out the same id.
+        let id = format!("ord_{:016x}", self.seed.hash_one(n));
+        let order = Order {
+            id,
+            customer_id: new.customer_id,
+            amount: new.amount,
+        };
+        self.lock().push(order.clone());
+        Ok(order)
+    }
+
+    pub(crate) fn all(&self) -> Vec<Order> {
+        self.lock().clone()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Order> {
+        self.lock().iter().find(|o| o.id == id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Order>> {
+        self.orders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A problem+json body for the handler's own 400 and 404 answers.
+pub(crate) fn problem(status: u16, title: &str, detail: &str) -> String {
+    serde_json::json!({ "type": "about:blank", "title": title, "status": status, "detail": detail })
+        .to_string()
+}

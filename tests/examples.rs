@@ -1,0 +1,251 @@
+//! The examples' HTTP interface, driven from outside as a client would: both examples, both
+//! stores.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use test_support::TestRedis;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// A running example, killed on drop.
+struct Example {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cargo test` builds the examples next to the test binaries' folder.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join("examples").join(name)
+}
+
+async fn start(name: &str, redis: Option<&TestRedis>, extra: &[(&str, &str)]) -> Example {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = Command::new(example_binary(name));
+    command
+        .env("BIND", &addr)
+        .env("ORDER_DELAY_MS", "500")
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(redis) = redis {
+        command.env("REDIS_URL", redis.url());
+    }
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    let example = Example {
+        child: command
+            .spawn()
+            .expect("example binary (built by cargo test)"),
+        addr,
+    };
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while TcpStream::connect(&example.addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    example
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection.
+async fn request(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let key = key
+        .map(|k| format!("idempotency-key: {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\n\
+         {key}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(common::DEADLINE, stream.read_to_string(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP reply");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+const ORDER: &str = r#"{"customer_id": "C001", "amount": 1200}"#;
+
+async fn orders_api_runs_each_order_once(example: &Example) {
+    let addr = example.addr.clone();
+    // Two concurrent duplicates and a retry after: one order.
+    let (a, b) = tokio::join!(
+        request(&addr, "POST", "/orders", Some("order-1"), ORDER),
+        request(&addr, "POST", "/orders", Some("order-1"), ORDER),
+    );
+    // The duplicate is refused while the first runs, or replayed if the machine was slow enough
+    // for the first to finish before it arrived: never run.
+    let (created, other) = if a.header("idempotent-replayed").is_none() && a.status == 201 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(created.status, 201);
+    match other.status {
+        409 => assert!(other.header("retry-after").is_some()),
+        201 => assert_eq!(other.header("idempotent-replayed"), Some("true")),
+        status => panic!("duplicate got {status}"),
+    }
+    let order: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    assert_eq!(order["customer_id"], "C001");
+    assert_eq!(order["amount"], 1200);
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/orders/{id}").as_str())
+    );
+
+    let retry = request(&addr, "POST", "/orders", Some("order-1"), ORDER).await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, created.body);
+
+    assert_eq!(
+        request(&addr, "POST", "/orders", None, ORDER).await.status,
+        400
+    );
+    assert_eq!(
+        request(&addr, "POST", "/orders", Some("order-2"), "{not json")
+            .await
+            .status,
+        400
+    );
+    let mismatch = request(
+        &addr,
+        "POST",
+        "/orders",
+        Some("order-1"),
+        r#"{"customer_id": "C002", "amount": 1}"#,
+    )
+    .await;
+    assert_eq!(mismatch.status, 422);
+
+    let list = request(&addr, "GET", "/orders", None, "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "exactly one order: {list}"
+    );
+    let one = request(&addr, "GET", &format!("/orders/{id}"), None, "").await;
+    assert_eq!(one.status, 200);
+    assert_eq!(
+        request(&addr, "GET", "/orders/ord_missing", None, "")
+            .await
+            .status,
+        404
+    );
+}
+
+async fn wait_policy_replays_to_the_duplicate(example: &Example) {
+    let addr = example.addr.clone();
+    let (a, b) = tokio::join!(
+        request(&addr, "POST", "/orders", Some("order-w"), ORDER),
+        request(&addr, "POST", "/orders", Some("order-w"), ORDER),
+    );
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_eq!(a.body, b.body);
+    let list = request(&addr, "GET", "/orders", None, "").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn axum_orders_with_memory() {
+    orders_api_runs_each_order_once(&start("axum_orders", None, &[]).await).await;
+}
+
+#[tokio::test]
+async fn axum_orders_with_redis() {
+    let redis = TestRedis::start_own().await;
+    orders_api_runs_each_order_once(&start("axum_orders", Some(&redis), &[]).await).await;
+}
+
+#[tokio::test]
+async fn axum_orders_with_the_wait_policy() {
+    let example = start("axum_orders", None, &[("IDEMPOTENCY_CONFLICT", "wait")]).await;
+    wait_policy_replays_to_the_duplicate(&example).await;
+}
+
+#[tokio::test]
+async fn hyper_orders_with_memory() {
+    orders_api_runs_each_order_once(&start("hyper_orders", None, &[]).await).await;
+}
+
+#[tokio::test]
+async fn hyper_orders_with_redis() {
+    let redis = TestRedis::start_own().await;
+    orders_api_runs_each_order_once(&start("hyper_orders", Some(&redis), &[]).await).await;
+}
