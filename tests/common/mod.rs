@@ -215,7 +215,10 @@ pub fn try_send(
     // The service is `Send` but not `Sync`: clone it here, not across an await.
     let mut svc = svc.clone();
     async move {
-        let response = svc.ready().await?.call(req).await?;
+        let call = async move { svc.ready().await?.call(req).await };
+        let response = tokio::time::timeout(DEADLINE, call)
+            .await
+            .expect("an answer within the deadline")?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         Ok(Answer {
