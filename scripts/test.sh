@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian machine: installs redis-server when it is missing,
-# then formatting, lints, the whole test suite (which spawns its own Redis servers) and the docs.
+# then formatting, lints, the docs, and the whole test suite (which spawns its own Redis servers).
 #
 #   ./scripts/test.sh
 #
@@ -23,8 +23,8 @@ echo "==> cargo clippy (every package, every target)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 
-echo "==> cargo test --all-features"
-cargo test --all-features
-
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+
+echo "==> cargo test --all-features"
+cargo test --all-features

@@ -8,6 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -35,7 +36,7 @@ pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
-        Full { data: Option<Bytes> },
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
         Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
     }
@@ -52,7 +53,7 @@ impl<B> RequestBody<B> {
     /// A body the layer buffered.
     pub fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::full(data),
+            kind: Kind::full(data, None),
         }
     }
 }
@@ -65,8 +66,12 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
+        Self::with_trailers(data, None)
+    }
+
+    pub(crate) fn with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: Kind::full(data),
+            kind: Kind::full(data, trailers),
         }
     }
 
@@ -81,9 +86,10 @@ impl<B> ResponseBody<B> {
 }
 
 impl<B> Kind<B> {
-    fn full(data: Bytes) -> Self {
+    fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self::Full {
             data: (!data.is_empty()).then_some(data),
+            trailers,
         }
     }
 }
@@ -94,7 +100,12 @@ impl<B: Body<Data = Bytes>> Kind<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project() {
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Prefixed { prefix, rest } => match prefix.take() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
@@ -105,7 +116,7 @@ impl<B: Body<Data = Bytes>> Kind<B> {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Full { data } => data.is_none(),
+            Self::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Inner { body } => body.is_end_stream(),
             Self::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
@@ -113,7 +124,7 @@ impl<B: Body<Data = Bytes>> Kind<B> {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full { data } => {
+            Self::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Self::Inner { body } => body.size_hint(),
@@ -171,6 +182,19 @@ mod tests {
         );
         assert_eq!(body.size_hint().exact(), Some(9));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "head-tail");
+    }
+
+    #[tokio::test]
+    async fn a_full_body_yields_its_trailers_last() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let body = ResponseBody::<Full<Bytes>>::with_trailers(
+            Bytes::from_static(b"data"),
+            Some(trailers.clone()),
+        );
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "data");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::{error::Error, pin::Pin};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::problems::Problem;
@@ -40,15 +40,18 @@ where
 
 /// A response body read for recording.
 pub(crate) enum Collected<B> {
-    /// The whole body, within the limit.
-    Whole(Bytes),
+    /// The whole body, within the limit, and its trailers.
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
     /// Over the limit: what was read so far, and the rest still to stream.
     TooLarge { prefix: Bytes, rest: Pin<Box<B>> },
     /// The body failed; the error's text, for the log.
     Failed(String),
 }
 
-/// Reads a response body of at most `limit` bytes; trailers are not recorded.
+/// Reads a response body of at most `limit` bytes, with its trailers (gRPC needs them).
 pub(crate) async fn response_body<B>(body: B, limit: usize) -> Collected<B>
 where
     B: Body<Data = Bytes>,
@@ -63,12 +66,16 @@ where
         };
     }
     let mut chunks = Chunks::default();
+    let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
-        let data = match frame {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_trailers) => continue,
-            },
+        let data = match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => data,
+            Ok(Err(frame)) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(more);
+                }
+                continue;
+            }
             Err(error) => return Collected::Failed(error.to_string()),
         };
         chunks.push(data);
@@ -79,7 +86,10 @@ where
             };
         }
     }
-    Collected::Whole(chunks.into_bytes())
+    Collected::Whole {
+        data: chunks.into_bytes(),
+        trailers,
+    }
 }
 
 /// Body chunks, joined only when there is more than one.
@@ -117,7 +127,6 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body::Frame;
     use http_body_util::{BodyExt, Full, StreamBody};
 
     fn stream(
@@ -132,10 +141,13 @@ mod tests {
 
     #[tokio::test]
     async fn joins_chunks_within_the_limit() {
-        let Collected::Whole(bytes) = response_body(stream(&["ab", "cd", "e"]), 5).await else {
+        let Collected::Whole { data, trailers } =
+            response_body(stream(&["ab", "cd", "e"]), 5).await
+        else {
             panic!("expected the whole body");
         };
-        assert_eq!(bytes, "abcde");
+        assert_eq!(data, "abcde");
+        assert!(trailers.is_none());
     }
 
     #[tokio::test]

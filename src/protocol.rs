@@ -27,6 +27,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 pub(crate) const REPLAYED: &str = "idempotent-replayed";
 
 /// What `begin` (and waiting, under [`ConflictPolicy::Wait`]) decided.
+// Moved once per request; boxing the response would cost an allocation instead.
+#[allow(clippy::large_enum_variant)]
 enum Decision<B> {
     Run(FencingToken),
     Respond(Response<ResponseBody<B>>),
@@ -213,13 +215,13 @@ where
         return Ok(Response::from_parts(parts, ResponseBody::new(body)));
     }
     let (record, body) = match collect::response_body(body, config.record_limit).await {
-        Collected::Whole(bytes) => {
-            let record = CompletedRecord::Response(RecordedResponse {
-                status: parts.status,
-                headers: config.replay_headers.apply(&parts.headers),
-                body: bytes.clone(),
-            });
-            (record, ResponseBody::full(bytes))
+        Collected::Whole { data, trailers } => {
+            let filter = &config.replay_headers;
+            let record = CompletedRecord::Response(
+                RecordedResponse::new(parts.status, filter.apply(&parts.headers), data.clone())
+                    .with_trailers(trailers.as_ref().map(|t| filter.apply(t))),
+            );
+            (record, ResponseBody::with_trailers(data, trailers))
         }
         Collected::TooLarge { prefix, rest } => {
             tracing::warn!(key = %key, limit = config.record_limit, "idempotency: response too large to record; keeping a tombstone");
@@ -320,7 +322,10 @@ fn ceil_secs(duration: Duration) -> u64 {
 fn replay<B>(record: CompletedRecord) -> Response<ResponseBody<B>> {
     let mut response = match record {
         CompletedRecord::Response(recorded) => {
-            let mut response = Response::new(ResponseBody::full(recorded.body));
+            let mut response = Response::new(ResponseBody::with_trailers(
+                recorded.body,
+                recorded.trailers,
+            ));
             *response.status_mut() = recorded.status;
             *response.headers_mut() = recorded.headers;
             response

@@ -7,8 +7,9 @@
 //! kind:    u8        0 = response, 1 = tombstone (response too large to keep)
 //! status:  u16
 //! -- kind 0 only --
-//! headers: u32 count, then per value: u16 name length, name, u32 value length, value
-//! body:    u32 length, bytes
+//! headers:  u32 count, then per value: u16 name length, name, u32 value length, value
+//! body:     u32 length, bytes
+//! trailers: u32 count (0: none), then as headers
 //! ```
 
 use std::fmt;
@@ -20,8 +21,10 @@ const VERSION: u8 = 1;
 const KIND_RESPONSE: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 
-/// A response kept so that a retry can get it back: status, the replayable headers, the body.
+/// A response kept so that a retry can get it back: status, the replayable headers, the body,
+/// and the trailers (gRPC carries its status there).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordedResponse {
     /// The status code.
     pub status: StatusCode,
@@ -29,11 +32,32 @@ pub struct RecordedResponse {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// Trailers to replay after the body, if the response had any.
+    pub trailers: Option<HeaderMap>,
+}
+
+impl RecordedResponse {
+    /// A response without trailers.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            status,
+            headers,
+            body,
+            trailers: None,
+        }
+    }
+
+    /// Sets the trailers; an empty map counts as none.
+    pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
+        self.trailers = trailers.filter(|t| !t.is_empty());
+        self
+    }
 }
 
 /// What a completed record holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // moved once per replay; a box would cost an allocation
 pub enum CompletedRecord {
     /// The response, ready to replay.
     Response(RecordedResponse),
@@ -57,25 +81,20 @@ impl CompletedRecord {
                 out.freeze()
             }
             Self::Response(response) => {
-                let headers_len: usize = response
-                    .headers
-                    .iter()
-                    .map(|(name, value)| 6 + name.as_str().len() + value.len())
-                    .sum();
-                let mut out = BytesMut::with_capacity(12 + headers_len + response.body.len());
+                let empty = HeaderMap::new();
+                let trailers = response.trailers.as_ref().unwrap_or(&empty);
+                let capacity = 16
+                    + encoded_len(&response.headers)
+                    + response.body.len()
+                    + encoded_len(trailers);
+                let mut out = BytesMut::with_capacity(capacity);
                 out.put_u8(VERSION);
                 out.put_u8(KIND_RESPONSE);
                 out.put_u16(response.status.as_u16());
-                out.put_u32(len_u32(response.headers.len()));
-                for (name, value) in &response.headers {
-                    // Header names are at most 64 KiB by construction in `http`.
-                    out.put_u16(u16::try_from(name.as_str().len()).unwrap_or(u16::MAX));
-                    out.put_slice(name.as_str().as_bytes());
-                    out.put_u32(len_u32(value.len()));
-                    out.put_slice(value.as_bytes());
-                }
+                put_headers(&mut out, &response.headers);
                 out.put_u32(len_u32(response.body.len()));
                 out.put_slice(&response.body);
+                put_headers(&mut out, trailers);
                 out.freeze()
             }
         }
@@ -94,28 +113,13 @@ impl CompletedRecord {
         let record = match kind {
             KIND_TOMBSTONE => Self::Tombstone { status },
             KIND_RESPONSE => {
-                let count = take_u32(buf)? as usize;
-                // Each header takes at least 6 bytes: refuse counts the input cannot hold.
-                if count > buf.remaining() / 6 {
-                    return Err(DecodeError::Truncated);
-                }
-                let mut headers = HeaderMap::with_capacity(count);
-                for _ in 0..count {
-                    let name_len = usize::from(take_u16(buf)?);
-                    let name = HeaderName::from_bytes(take_slice(buf, name_len)?)
-                        .map_err(|_| DecodeError::Invalid("header name"))?;
-                    let value_len = take_u32(buf)? as usize;
-                    let value = HeaderValue::from_bytes(take_slice(buf, value_len)?)
-                        .map_err(|_| DecodeError::Invalid("header value"))?;
-                    headers.append(name, value);
-                }
+                let headers = take_headers(buf)?;
                 let body_len = take_u32(buf)? as usize;
                 let body = Bytes::copy_from_slice(take_slice(buf, body_len)?);
-                Self::Response(RecordedResponse {
-                    status,
-                    headers,
-                    body,
-                })
+                let trailers = take_headers(buf)?;
+                Self::Response(
+                    RecordedResponse::new(status, headers, body).with_trailers(Some(trailers)),
+                )
             }
             _ => return Err(DecodeError::Invalid("record kind")),
         };
@@ -124,6 +128,43 @@ impl CompletedRecord {
         }
         Ok(record)
     }
+}
+
+fn encoded_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| 6 + name.as_str().len() + value.len())
+        .sum()
+}
+
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u32(len_u32(headers.len()));
+    for (name, value) in headers {
+        // Header names are far below 64 KiB: `http` refuses longer ones.
+        out.put_u16(u16::try_from(name.as_str().len()).unwrap_or(u16::MAX));
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(len_u32(value.len()));
+        out.put_slice(value.as_bytes());
+    }
+}
+
+fn take_headers(buf: &mut &[u8]) -> Result<HeaderMap, DecodeError> {
+    let count = take_u32(buf)? as usize;
+    // Each entry takes at least 6 bytes: refuse counts the input cannot hold.
+    if count > buf.remaining() / 6 {
+        return Err(DecodeError::Truncated);
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for _ in 0..count {
+        let name_len = usize::from(take_u16(buf)?);
+        let name = HeaderName::from_bytes(take_slice(buf, name_len)?)
+            .map_err(|_| DecodeError::Invalid("header name"))?;
+        let value_len = take_u32(buf)? as usize;
+        let value = HeaderValue::from_bytes(take_slice(buf, value_len)?)
+            .map_err(|_| DecodeError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 fn len_u32(len: usize) -> u32 {
@@ -188,11 +229,16 @@ mod tests {
         headers.append("x-multi", HeaderValue::from_static("two"));
         headers.append("location", HeaderValue::from_static("/orders/1"));
         headers.append("x-bin", HeaderValue::from_bytes(&[0x80, 0xff]).unwrap());
-        CompletedRecord::Response(RecordedResponse {
-            status: StatusCode::CREATED,
-            headers,
-            body: Bytes::from_static(b"{\"id\":1}"),
-        })
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        CompletedRecord::Response(
+            RecordedResponse::new(
+                StatusCode::CREATED,
+                headers,
+                Bytes::from_static(b"{\"id\":1}"),
+            )
+            .with_trailers(Some(trailers)),
+        )
     }
 
     #[test]

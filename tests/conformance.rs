@@ -21,6 +21,7 @@ macro_rules! conformance {
                 optional_keys_and_uncovered_methods_pass_through,
                 scopes_never_share_records,
                 a_response_too_large_to_record_leaves_a_tombstone,
+                trailers_are_recorded_and_replayed,
             );
         }
     )+};

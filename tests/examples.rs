@@ -249,3 +249,61 @@ async fn hyper_orders_with_redis() {
     let redis = TestRedis::start_own().await;
     orders_api_runs_each_order_once(&start("hyper_orders", Some(&redis), &[]).await).await;
 }
+
+#[tokio::test]
+async fn the_result_ttl_comes_from_the_environment() {
+    let example = start(
+        "axum_orders",
+        None,
+        &[("IDEMPOTENCY_TTL_S", "1"), ("ORDER_DELAY_MS", "0")],
+    )
+    .await;
+    let first = request(&example.addr, "POST", "/orders", Some("ttl"), ORDER).await;
+    assert_eq!(first.status, 201);
+    // Replays until the record expires, then the same key creates a second order.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let again = request(&example.addr, "POST", "/orders", Some("ttl"), ORDER).await;
+        assert_eq!(again.status, 201);
+        if again.header("idempotent-replayed").is_none() {
+            assert_ne!(again.body, first.body);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the record never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = request(&example.addr, "GET", "/orders", None, "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_lease_comes_from_the_environment() {
+    let example = start(
+        "hyper_orders",
+        None,
+        &[("IDEMPOTENCY_LEASE_MS", "4000"), ("ORDER_DELAY_MS", "1500")],
+    )
+    .await;
+    let addr = example.addr.clone();
+    let first =
+        tokio::spawn(async move { request(&addr, "POST", "/orders", Some("lease"), ORDER).await });
+    // Retry-After is the rest of the running lease: at most 4 s here, 30 s by default.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let conflict = loop {
+        let reply = request(&example.addr, "POST", "/orders", Some("lease"), ORDER).await;
+        if reply.status == 409 {
+            break reply;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw the request in progress"
+        );
+    };
+    let retry_after: u64 = conflict.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=4).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(first.await.unwrap().status, 201);
+}

@@ -35,11 +35,11 @@ fn record(size: usize) -> CompletedRecord {
         "x-request-id",
         HeaderValue::from_static("7f1c2a9e-8d31-4c4b-9a0b-2d7c1f3e5a6b"),
     );
-    CompletedRecord::Response(RecordedResponse {
-        status: StatusCode::CREATED,
+    CompletedRecord::Response(RecordedResponse::new(
+        StatusCode::CREATED,
         headers,
-        body: Bytes::from(vec![b'x'; size]),
-    })
+        Bytes::from(vec![b'x'; size]),
+    ))
 }
 
 fn codec(c: &mut Criterion) {

@@ -60,6 +60,7 @@ struct Entry {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // records are the point of the map; in-progress ones are few
 enum Slot {
     InProgress {
         token: LeaseToken,
@@ -261,11 +262,11 @@ mod tests {
     }
 
     fn record() -> CompletedRecord {
-        CompletedRecord::Response(RecordedResponse {
-            status: StatusCode::OK,
-            headers: Default::default(),
-            body: "ok".into(),
-        })
+        CompletedRecord::Response(RecordedResponse::new(
+            StatusCode::OK,
+            Default::default(),
+            "ok".into(),
+        ))
     }
 
     const FP: Fingerprint = Fingerprint::from_bytes([7; 32]);

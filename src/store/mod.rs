@@ -37,6 +37,7 @@ pub use memory::MemoryStore;
 /// What [`IdempotencyStore::begin`] found, decided in one atomic step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // returned once per request, never stored
 pub enum BeginOutcome {
     /// No record existed; an in-progress record holding the caller's lease token now does.
     Acquired {

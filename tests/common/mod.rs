@@ -30,14 +30,15 @@ use tower_idempotency::{
 pub type TestBody = BoxBody<Bytes, Infallible>;
 /// The service under test, type-erased so one suite serves every store.
 pub type TestService =
-    BoxCloneService<Request<TestBody>, Response<ResponseBody<Full<Bytes>>>, io::Error>;
+    BoxCloneService<Request<TestBody>, Response<ResponseBody<TestBody>>, io::Error>;
 
 /// A deadline for anything a test waits for; far above what a healthy run needs.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A handler that counts its executions. Paths pick its behaviour:
 /// `/gated` waits for [`Handler::open_gate`], `/fail` answers 500, `/error` fails the service,
-/// `/big` answers 4 KiB; anything else answers 201 with multi-valued headers.
+/// `/big` answers 4 KiB, `/grpc` answers with trailers; anything else answers 201 with
+/// multi-valued headers.
 #[derive(Clone)]
 pub struct Handler {
     executions: Arc<AtomicUsize>,
@@ -73,7 +74,7 @@ impl Handler {
     async fn handle(
         self,
         req: Request<RequestBody<TestBody>>,
-    ) -> Result<Response<Full<Bytes>>, io::Error> {
+    ) -> Result<Response<TestBody>, io::Error> {
         let n = self.executions.fetch_add(1, Ordering::SeqCst) + 1;
         let fence = req
             .extensions()
@@ -105,16 +106,31 @@ impl Handler {
             "/error" => return Err(io::Error::other("handler failed")),
             "/fail" => response
                 .status(StatusCode::INTERNAL_SERVER_ERROR)
-                .body(Full::from("failed")),
+                .body(Full::from("failed").boxed()),
             "/big" => response
                 .status(StatusCode::CREATED)
-                .body(Full::from(vec![b'x'; 4096])),
-            _ => response
-                .status(StatusCode::CREATED)
-                .body(Full::from(format!(
+                .body(Full::from(vec![b'x'; 4096]).boxed()),
+            "/grpc" => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                trailers.insert("grpc-message", HeaderValue::from(n));
+                let frames = [
+                    http_body::Frame::data(Bytes::from("message")),
+                    http_body::Frame::trailers(trailers),
+                ];
+                let body =
+                    StreamBody::new(futures_util::stream::iter(frames.map(Ok::<_, Infallible>)));
+                response.status(StatusCode::OK).body(body.boxed())
+            }
+            _ => {
+                let echo = format!(
                     "{{\"execution\":{n},\"echo\":{:?}}}",
                     String::from_utf8_lossy(&body)
-                ))),
+                );
+                response
+                    .status(StatusCode::CREATED)
+                    .body(Full::from(echo).boxed())
+            }
         };
         Ok(response.expect("valid response"))
     }
@@ -159,6 +175,7 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Answer {
@@ -220,11 +237,12 @@ pub fn try_send(
             .await
             .expect("an answer within the deadline")?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
+        let collected = body.collect().await.expect("body");
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
-            body,
+            trailers: collected.trailers().cloned(),
+            body: collected.to_bytes(),
         })
     }
 }

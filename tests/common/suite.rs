@@ -191,11 +191,11 @@ pub async fn an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder<
         "fencing tokens must grow: {old_fence:?} then {new_fence:?}"
     );
 
-    let record = CompletedRecord::Response(RecordedResponse {
-        status: StatusCode::CREATED,
-        headers: Default::default(),
-        body: Bytes::from_static(b"new holder"),
-    });
+    let record = CompletedRecord::Response(RecordedResponse::new(
+        StatusCode::CREATED,
+        Default::default(),
+        Bytes::from_static(b"new holder"),
+    ));
     let stale = CompletedRecord::Tombstone {
         status: StatusCode::OK,
     };
@@ -362,4 +362,20 @@ pub async fn a_response_too_large_to_record_leaves_a_tombstone<St: IdempotencySt
     let json: serde_json::Value = serde_json::from_slice(&retry.body).unwrap();
     assert_eq!(json["original_status"], 201);
     assert_eq!(handler.executions(), 1);
+}
+
+pub async fn trailers_are_recorded_and_replayed<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let first = send(&svc, post("/grpc", Some("k"), "{}")).await;
+    let retry = send(&svc, post("/grpc", Some("k"), "{}")).await;
+    assert_eq!(handler.executions(), 1);
+    assert!(retry.replayed());
+    assert_eq!(retry.body, "message");
+    let trailers = first
+        .trailers
+        .as_ref()
+        .expect("the first response keeps its trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(retry.trailers.as_ref(), Some(trailers));
 }
