@@ -31,7 +31,6 @@ use axum::{
 };
 use orders::{problem, OrderBook, Settings};
 use tower_idempotency::{IdempotencyLayer, MemoryStore, RedisStore};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Clone)]
 struct App {
@@ -41,16 +40,7 @@ struct App {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_idempotency=debug".into()),
-        )
-        .init();
-    if let Err(error) = run().await {
-        eprintln!("axum_orders: {error}");
-        std::process::exit(1);
-    }
+    orders::main("axum_orders", run()).await;
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -27,20 +27,10 @@ use hyper_util::{
 use orders::{problem, OrderBook, Settings};
 use tower::ServiceBuilder;
 use tower_idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore, RedisStore, RequestBody};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_idempotency=debug".into()),
-        )
-        .init();
-    if let Err(error) = run().await {
-        eprintln!("hyper_orders: {error}");
-        std::process::exit(1);
-    }
+    orders::main("hyper_orders", run()).await;
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -15,6 +15,24 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tower_idempotency::{ConflictPolicy, IdempotencyLayer};
 
+/// Sets up logging (`RUST_LOG`, default `info,tower_idempotency=debug`), runs the example, and
+/// exits with status 1 and the error on failure.
+pub(crate) async fn main(
+    name: &str,
+    run: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_idempotency=debug".into()),
+        )
+        .init();
+    if let Err(error) = run.await {
+        eprintln!("{name}: {error}");
+        std::process::exit(1);
+    }
+}
+
 /// What the examples read from the environment.
 pub(crate) struct Settings {
     pub(crate) bind: SocketAddr,
