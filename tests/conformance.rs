@@ -22,6 +22,11 @@ macro_rules! conformance {
                 scopes_never_share_records,
                 a_response_too_large_to_record_leaves_a_tombstone,
                 trailers_are_recorded_and_replayed,
+                a_handler_slower_than_its_lease_lets_no_duplicate_in,
+                a_dropped_request_still_records_its_response,
+                a_request_dropped_during_begin_releases_the_key,
+                waiters_are_capped,
+                hostile_keys_are_hashed_or_refused,
             );
         }
     )+};

@@ -1,13 +1,15 @@
-//! A store wrapper that counts `begin` calls: it lets a test know every request has arrived.
+//! A store wrapper that counts calls and can stall an acquisition: it lets a test know every
+//! request has arrived, see renewals happen, and drop a request while its `begin` is in flight.
 
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
 };
 
+use tokio::sync::Semaphore;
 use tower_idempotency::{
     BeginOutcome, CompletedRecord, Fingerprint, IdempotencyStore, LeaseToken, StoreError, StoreKey,
 };
@@ -16,6 +18,11 @@ use tower_idempotency::{
 pub struct CountingStore<St> {
     inner: St,
     begins: Arc<AtomicUsize>,
+    renewals: Arc<AtomicUsize>,
+    stall_next_acquire: Arc<AtomicBool>,
+    stalled: Arc<AtomicUsize>,
+    /// Never given permits: a stalled `begin` waits until its future is dropped.
+    never: Arc<Semaphore>,
 }
 
 impl<St> CountingStore<St> {
@@ -23,11 +30,29 @@ impl<St> CountingStore<St> {
         Self {
             inner,
             begins: Arc::new(AtomicUsize::new(0)),
+            renewals: Arc::new(AtomicUsize::new(0)),
+            stall_next_acquire: Arc::new(AtomicBool::new(false)),
+            stalled: Arc::new(AtomicUsize::new(0)),
+            never: Arc::new(Semaphore::new(0)),
         }
     }
 
     pub fn begins(&self) -> usize {
         self.begins.load(Ordering::SeqCst)
+    }
+
+    pub fn renewals(&self) -> usize {
+        self.renewals.load(Ordering::SeqCst)
+    }
+
+    /// The next `begin` that acquires a key does so in the store, then never returns.
+    pub fn stall_next_acquire(&self) {
+        self.stall_next_acquire.store(true, Ordering::SeqCst);
+    }
+
+    /// How many `begin` calls are stalled after acquiring.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::SeqCst)
     }
 }
 
@@ -41,6 +66,12 @@ impl<St: IdempotencyStore> IdempotencyStore for CountingStore<St> {
     ) -> Result<BeginOutcome, StoreError> {
         let outcome = self.inner.begin(key, fingerprint, token, lease).await;
         self.begins.fetch_add(1, Ordering::SeqCst);
+        if matches!(outcome, Ok(BeginOutcome::Acquired { .. }))
+            && self.stall_next_acquire.swap(false, Ordering::SeqCst)
+        {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+            let _never = self.never.acquire().await;
+        }
         outcome
     }
 
@@ -64,6 +95,7 @@ impl<St: IdempotencyStore> IdempotencyStore for CountingStore<St> {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
+        self.renewals.fetch_add(1, Ordering::SeqCst);
         self.inner.renew(key, token, lease).await
     }
 }

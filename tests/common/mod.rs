@@ -101,6 +101,8 @@ impl Handler {
             .header("x-multi", "first")
             .header("x-multi", "second")
             .header("set-cookie", "session=secret")
+            .header("www-authenticate", "Bearer realm=\"orders\"")
+            .header("authorization", "Bearer leaked-token")
             .header("x-fence", fence.to_string());
         let response = match path.as_str() {
             "/error" => return Err(io::Error::other("handler failed")),

@@ -40,7 +40,9 @@ pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store
     assert_eq!(retry.values("x-multi"), ["first", "second"]);
     // The first client gets its cookie; nobody else does.
     assert_eq!(first.values("set-cookie"), ["session=secret"]);
-    assert!(retry.values("set-cookie").is_empty());
+    for private in ["set-cookie", "www-authenticate", "authorization"] {
+        assert!(retry.values(private).is_empty(), "{private} was replayed");
+    }
 }
 
 pub async fn quoted_and_bare_keys_are_the_same_key<St: IdempotencyStore>(store: St) {
@@ -378,4 +380,164 @@ pub async fn trailers_are_recorded_and_replayed<St: IdempotencyStore>(store: St)
         .expect("the first response keeps its trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(retry.trailers.as_ref(), Some(trailers));
+}
+
+/// A handler that runs three times its lease keeps the key: renewals hold the lease.
+pub async fn a_handler_slower_than_its_lease_lets_no_duplicate_in<St: IdempotencyStore + Clone>(
+    store: St,
+) {
+    let store = CountingStore::new(store);
+    let handler = Handler::new();
+    let lease = Duration::from_millis(200);
+    let svc = handler.service(IdempotencyLayer::new(store.clone()).with_lease_ttl(lease));
+    let first = tokio::spawn(send(&svc, post("/gated", Some("slow"), "{}")));
+    eventually("the first request to start", || handler.executions() == 1).await;
+    let started = tokio::time::Instant::now();
+    let mut duplicates = 0;
+    while started.elapsed() < lease * 3 + lease / 2 {
+        send(&svc, post("/gated", Some("slow"), "{}"))
+            .await
+            .assert_problem(StatusCode::CONFLICT, "in-progress");
+        duplicates += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(duplicates > 10);
+    assert!(store.renewals() >= 3, "only {} renewals", store.renewals());
+    handler.open_gate();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    assert!(send(&svc, post("/gated", Some("slow"), "{}"))
+        .await
+        .replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+/// A client that hangs up mid-handler: the handler finishes, its response is recorded, and the
+/// retry replays it long before the (long) lease would have run out.
+pub async fn a_dropped_request_still_records_its_response<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store).with_lease_ttl(Duration::from_secs(60));
+    let svc = handler.service(layer);
+    let first = tokio::spawn(send(&svc, post("/gated", Some("gone"), "{}")));
+    eventually("the first request to start", || handler.executions() == 1).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    handler.open_gate();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let retry = loop {
+        let answer = send(&svc, post("/gated", Some("gone"), "{}")).await;
+        if answer.status != StatusCode::CONFLICT {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed locked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(retry.replayed(), "the retry replays the finished result");
+    assert_eq!(handler.executions(), 1);
+}
+
+/// A request dropped while its `begin` is in flight (it acquired, but never learnt it did)
+/// releases the key at once instead of leaving it locked for the whole lease.
+pub async fn a_request_dropped_during_begin_releases_the_key<St: IdempotencyStore + Clone>(
+    store: St,
+) {
+    let store = CountingStore::new(store);
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store.clone()).with_lease_ttl(Duration::from_secs(60));
+    let svc = handler.service(layer);
+    store.stall_next_acquire();
+    let first = tokio::spawn(send(&svc, post("/orders", Some("k"), "{}")));
+    eventually("the first begin to acquire and stall", || {
+        store.stalled() == 1
+    })
+    .await;
+    first.abort();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let retry = loop {
+        let answer = send(&svc, post("/orders", Some("k"), "{}")).await;
+        if answer.status != StatusCode::CONFLICT {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed locked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert!(!retry.replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+/// Under `Wait`, no more than `max_waiters` requests wait; the others get 409 at once.
+pub async fn waiters_are_capped<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store)
+        .with_conflict_policy(ConflictPolicy::wait(Duration::from_millis(5), DEADLINE))
+        .with_max_waiters(2);
+    let svc = handler.service(layer);
+    let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));
+    eventually("the first request to start", || handler.executions() == 1).await;
+    let mut duplicates = JoinSet::new();
+    for _ in 0..5 {
+        duplicates.spawn(send(&svc, post("/gated", Some("k"), "{}")));
+    }
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(DEADLINE, duplicates.join_next())
+            .await
+            .expect("three duplicates refused while two wait")
+            .unwrap()
+            .unwrap();
+        answer.assert_problem(StatusCode::CONFLICT, "in-progress");
+    }
+    handler.open_gate();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    for answer in duplicates.join_all().await {
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert!(answer.replayed());
+    }
+    assert_eq!(handler.executions(), 1);
+}
+
+/// Keys that look like store syntax are hashed; keys that are not visible ASCII are refused.
+pub async fn hostile_keys_are_hashed_or_refused<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let accepted = [
+        "{",
+        "}",
+        "a:b",
+        "{tag}",
+        "\"spaced key\"",
+        "*",
+        "idempotency:{x}",
+    ];
+    for key in accepted {
+        assert_eq!(
+            send(&svc, post_raw_key(key.as_bytes())).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        handler.executions(),
+        accepted.len(),
+        "every key is its own record"
+    );
+    for key in accepted {
+        assert!(send(&svc, post_raw_key(key.as_bytes())).await.replayed());
+    }
+    let long = vec![b'k'; 10 * 1024];
+    // Other control characters never get this far: `http` refuses them in a header value.
+    let refused: [&[u8]; 5] = [b"tab\tkey", b"\"a\tb\"", b"a b", &long, "ключ".as_bytes()];
+    for key in refused {
+        send(&svc, post_raw_key(key))
+            .await
+            .assert_problem(StatusCode::BAD_REQUEST, "key-invalid");
+    }
+    assert_eq!(handler.executions(), accepted.len());
 }
