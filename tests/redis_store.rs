@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use test_support::{unique_prefix, TestRedis};
 use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey};
 
-use common::{post, send, Handler};
+use common::{logs, post, send, Handler};
 
 /// Watches `MONITOR` to count the commands clients send; commands a script runs are not round
 /// trips, so lines from `lua` are left out.
@@ -148,6 +148,7 @@ async fn every_key_of_a_record_shares_one_hash_tag_and_no_raw_key_text() {
 
 #[tokio::test]
 async fn a_corrupt_record_is_500_and_never_reruns_the_handler() {
+    logs::capture();
     let redis = TestRedis::start().await;
     let store = RedisStore::connect(redis.url())
         .await
@@ -168,4 +169,30 @@ async fn a_corrupt_record_is_500_and_never_reruns_the_handler() {
         .await
         .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "record-corrupt");
     assert_eq!(handler.executions(), 1);
+    let hash = StoreKey::derive(None, "POST", "/orders", "k").to_hex();
+    assert_eq!(logs::lines_with(&["ERROR", "corrupt", &hash]).len(), 1);
+}
+
+#[tokio::test]
+async fn a_record_holds_no_private_header() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url())
+        .await
+        .unwrap()
+        .with_key_prefix(unique_prefix("privacy"));
+    let svc = Handler::new().service(IdempotencyLayer::new(store.clone()));
+    let first = send(&svc, post("/orders", Some("k"), "{}")).await;
+    assert_eq!(first.values("set-cookie"), ["session=secret"]);
+
+    let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", "k"));
+    let mut probe = redis.connection().await;
+    let stored: Vec<u8> = probe.hget(&record, "r").await.unwrap();
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        stored.contains("/orders/1"),
+        "the record holds the response: {stored}"
+    );
+    for secret in ["session=secret", "leaked-token", "Bearer realm"] {
+        assert!(!stored.contains(secret), "{secret} was stored");
+    }
 }

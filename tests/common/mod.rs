@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod counting_store;
+pub mod logs;
 pub mod suite;
 
 use std::{
