@@ -15,6 +15,19 @@ pub const MAX_KEY_LEN: usize = 255;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Parses a header value: a structured-field string (`"abc"`) or a bare token, 1 to 255
+    /// bytes of visible ASCII once unquoted.
+    ///
+    /// ```
+    /// use tower_idempotency::IdempotencyKey;
+    ///
+    /// assert_eq!(IdempotencyKey::parse(b"\"order-1\"").unwrap().as_str(), "order-1");
+    /// assert!(IdempotencyKey::parse(b"").is_err());
+    /// ```
+    pub fn parse(value: &[u8]) -> Result<Self, InvalidKey> {
+        parse(value)
+    }
+
     /// The key's text, unquoted.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -27,17 +40,31 @@ impl fmt::Debug for IdempotencyKey {
     }
 }
 
-/// Why a key header was refused (answered with 400).
+/// Why a key was refused; the layer answers it with a 400 `key-invalid` problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyError {
+#[non_exhaustive]
+pub enum InvalidKey {
+    /// The header appears more than once.
     Repeated,
+    /// The key is empty.
     Empty,
+    /// The key is longer than [`MAX_KEY_LEN`] bytes.
     TooLong,
+    /// The key has a byte outside visible ASCII (spaces are allowed only inside quotes).
     NotVisibleAscii,
+    /// The key starts with a quote but is not a valid structured-field string.
     BadQuoting,
 }
 
-impl KeyError {
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.detail())
+    }
+}
+
+impl std::error::Error for InvalidKey {}
+
+impl InvalidKey {
     pub(crate) fn detail(self) -> &'static str {
         match self {
             Self::Repeated => "the idempotency key header must appear once",
@@ -53,42 +80,42 @@ impl KeyError {
 pub(crate) fn extract(
     headers: &HeaderMap,
     name: &HeaderName,
-) -> Result<Option<IdempotencyKey>, KeyError> {
+) -> Result<Option<IdempotencyKey>, InvalidKey> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(KeyError::Repeated);
+        return Err(InvalidKey::Repeated);
     }
     parse(value.as_bytes()).map(Some)
 }
 
-fn parse(raw: &[u8]) -> Result<IdempotencyKey, KeyError> {
+fn parse(raw: &[u8]) -> Result<IdempotencyKey, InvalidKey> {
     let raw = trim_ows(raw);
     let key = match raw {
         [b'"', inner @ ..] => unquote(inner)?,
         _ => {
             if !raw.iter().all(|&b| is_visible(b) && b != b'"') {
-                return Err(KeyError::NotVisibleAscii);
+                return Err(InvalidKey::NotVisibleAscii);
             }
             raw.to_vec()
         }
     };
     if key.is_empty() {
-        return Err(KeyError::Empty);
+        return Err(InvalidKey::Empty);
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(KeyError::TooLong);
+        return Err(InvalidKey::TooLong);
     }
     // Only ASCII bytes got this far.
     String::from_utf8(key)
         .map(IdempotencyKey)
-        .map_err(|_| KeyError::NotVisibleAscii)
+        .map_err(|_| InvalidKey::NotVisibleAscii)
 }
 
 /// RFC 8941 sf-string after its opening quote: printable ASCII, `\"` and `\\` escapes.
-fn unquote(inner: &[u8]) -> Result<Vec<u8>, KeyError> {
+fn unquote(inner: &[u8]) -> Result<Vec<u8>, InvalidKey> {
     let mut out = Vec::with_capacity(inner.len());
     let mut bytes = inner.iter();
     while let Some(&b) = bytes.next() {
@@ -97,19 +124,19 @@ fn unquote(inner: &[u8]) -> Result<Vec<u8>, KeyError> {
                 return if bytes.next().is_none() {
                     Ok(out)
                 } else {
-                    Err(KeyError::BadQuoting)
+                    Err(InvalidKey::BadQuoting)
                 };
             }
             b'\\' => match bytes.next() {
                 Some(&escaped @ (b'"' | b'\\')) => out.push(escaped),
-                _ => return Err(KeyError::BadQuoting),
+                _ => return Err(InvalidKey::BadQuoting),
             },
             b' ' => out.push(b),
             _ if is_visible(b) => out.push(b),
-            _ => return Err(KeyError::NotVisibleAscii),
+            _ => return Err(InvalidKey::NotVisibleAscii),
         }
     }
-    Err(KeyError::BadQuoting)
+    Err(InvalidKey::BadQuoting)
 }
 
 fn is_visible(b: u8) -> bool {
@@ -130,7 +157,7 @@ fn trim_ows(mut raw: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn key(raw: &[u8]) -> Result<String, KeyError> {
+    fn key(raw: &[u8]) -> Result<String, InvalidKey> {
         parse(raw).map(|k| k.0)
     }
 
@@ -144,22 +171,22 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_and_invisible_keys() {
-        assert_eq!(key(b""), Err(KeyError::Empty));
-        assert_eq!(key(b"\"\""), Err(KeyError::Empty));
-        assert_eq!(key(&[b'a'; 256]), Err(KeyError::TooLong));
+        assert_eq!(key(b""), Err(InvalidKey::Empty));
+        assert_eq!(key(b"\"\""), Err(InvalidKey::Empty));
+        assert_eq!(key(&[b'a'; 256]), Err(InvalidKey::TooLong));
         assert!(key(&[b'a'; 255]).is_ok());
-        assert_eq!(key(b"a b"), Err(KeyError::NotVisibleAscii));
-        assert_eq!(key(b"a\x01b"), Err(KeyError::NotVisibleAscii));
-        assert_eq!(key("ключ".as_bytes()), Err(KeyError::NotVisibleAscii));
-        assert_eq!(key(b"\"a\x7fb\""), Err(KeyError::NotVisibleAscii));
+        assert_eq!(key(b"a b"), Err(InvalidKey::NotVisibleAscii));
+        assert_eq!(key(b"a\x01b"), Err(InvalidKey::NotVisibleAscii));
+        assert_eq!(key("ключ".as_bytes()), Err(InvalidKey::NotVisibleAscii));
+        assert_eq!(key(b"\"a\x7fb\""), Err(InvalidKey::NotVisibleAscii));
     }
 
     #[test]
     fn refuses_broken_quoting() {
-        assert_eq!(key(b"\"abc"), Err(KeyError::BadQuoting));
-        assert_eq!(key(b"\"abc\"x"), Err(KeyError::BadQuoting));
-        assert_eq!(key(b"\"a\\nb\""), Err(KeyError::BadQuoting));
-        assert_eq!(key(b"ab\"c"), Err(KeyError::NotVisibleAscii));
+        assert_eq!(key(b"\"abc"), Err(InvalidKey::BadQuoting));
+        assert_eq!(key(b"\"abc\"x"), Err(InvalidKey::BadQuoting));
+        assert_eq!(key(b"\"a\\nb\""), Err(InvalidKey::BadQuoting));
+        assert_eq!(key(b"ab\"c"), Err(InvalidKey::NotVisibleAscii));
     }
 
     #[test]
@@ -170,6 +197,6 @@ mod tests {
         headers.append(&name, "a".parse().unwrap());
         assert!(extract(&headers, &name).unwrap().is_some());
         headers.append(&name, "b".parse().unwrap());
-        assert_eq!(extract(&headers, &name), Err(KeyError::Repeated));
+        assert_eq!(extract(&headers, &name), Err(InvalidKey::Repeated));
     }
 }

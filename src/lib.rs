@@ -79,7 +79,7 @@ mod store;
 pub use body::{RequestBody, ResponseBody};
 pub use fingerprint::{DefaultFingerprint, Fingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
-pub use key::{IdempotencyKey, MAX_KEY_LEN};
+pub use key::{IdempotencyKey, InvalidKey, MAX_KEY_LEN};
 pub use layer::{
     IdempotencyLayer, DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS,
     DEFAULT_RECORD_LIMIT, DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,

@@ -81,7 +81,11 @@ async fn two_instances_run_each_key_exactly_once() {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         let key = format!("key-{}", (seed >> 33) as usize % KEYS);
-        let payload = if (seed >> 20) % 4 == 0 { "B" } else { "A" };
+        let payload = if (seed >> 20).is_multiple_of(4) {
+            "B"
+        } else {
+            "A"
+        };
         let waits = i % 2 == 1;
         let svc = if waits { &waiting } else { &rejecting };
         let answer = send(svc, post("/orders", Some(&key), payload));
