@@ -60,13 +60,13 @@ struct Entry {
 }
 
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // records are the point of the map; in-progress ones are few
 enum Slot {
     InProgress {
         token: LeaseToken,
     },
     Completed {
-        record: CompletedRecord,
+        // Boxed: it keeps map entries small, and the map is what a full store is made of.
+        record: Box<CompletedRecord>,
         generation: u64,
     },
 }
@@ -174,7 +174,9 @@ impl IdempotencyStore for MemoryStore {
                     BeginOutcome::Mismatch
                 } else {
                     match &entry.slot {
-                        Slot::Completed { record, .. } => BeginOutcome::Completed(record.clone()),
+                        Slot::Completed { record, .. } => {
+                            BeginOutcome::Completed((**record).clone())
+                        }
                         Slot::InProgress { .. } => BeginOutcome::InProgress {
                             retry_after: Some(entry.expires_at - now),
                         },
@@ -217,7 +219,7 @@ impl IdempotencyStore for MemoryStore {
                 if let Some(entry) = state.entries.get_mut(key) {
                     entry.expires_at = Instant::now() + ttl;
                     entry.slot = Slot::Completed {
-                        record: record.clone(),
+                        record: Box::new(record.clone()),
                         generation,
                     };
                 }
