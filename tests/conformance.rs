@@ -27,6 +27,7 @@ macro_rules! conformance {
                 a_request_dropped_during_begin_releases_the_key,
                 waiters_are_capped,
                 hostile_keys_are_hashed_or_refused,
+                a_panicking_handler_releases_the_key,
             );
         }
     )+};

@@ -38,7 +38,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A handler that counts its executions. Paths pick its behaviour:
 /// `/gated` waits for [`Handler::open_gate`], `/fail` answers 500, `/error` fails the service,
-/// `/big` answers 4 KiB, `/grpc` answers with trailers; anything else answers 201 with
+/// `/big` answers 4 KiB, `/panic` panics, `/grpc` answers with trailers; anything else answers 201 with
 /// multi-valued headers.
 #[derive(Clone)]
 pub struct Handler {
@@ -107,6 +107,7 @@ impl Handler {
             .header("x-fence", fence.to_string());
         let response = match path.as_str() {
             "/error" => return Err(io::Error::other("handler failed")),
+            "/panic" => panic!("handler panicked on purpose"),
             "/fail" => response
                 .status(StatusCode::INTERNAL_SERVER_ERROR)
                 .body(Full::from("failed").boxed()),

@@ -541,3 +541,36 @@ pub async fn hostile_keys_are_hashed_or_refused<St: IdempotencyStore>(store: St)
     }
     assert_eq!(handler.executions(), accepted.len());
 }
+
+/// A handler that panics releases its key, and the panic reaches the caller.
+pub async fn a_panicking_handler_releases_the_key<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store).with_lease_ttl(Duration::from_secs(60));
+    let svc = handler.service(layer);
+    let first = tokio::spawn(send(&svc, post("/panic", Some("k"), "{}"))).await;
+    assert!(
+        first.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    assert_eq!(handler.executions(), 1);
+
+    // The release is spawned as the handler's task unwinds: until it lands, retries get 409.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::spawn(send(&svc, post("/panic", Some("k"), "{}"))).await {
+            Err(error) if error.is_panic() => break,
+            Err(error) => panic!("{error}"),
+            Ok(answer) => answer.assert_problem(StatusCode::CONFLICT, "in-progress"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key stayed locked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        handler.executions(),
+        2,
+        "the retry ran instead of waiting out the lease"
+    );
+}
