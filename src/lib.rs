@@ -88,7 +88,9 @@ pub use policy::{ConflictPolicy, HeaderFilter};
 pub use response::{CompletedRecord, DecodeError, RecordedResponse};
 pub use scope::MakeScope;
 pub use service::IdempotencyService;
-pub use store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+pub use store::{
+    BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayCache, StoreError, StoreKey,
+};
 
 #[cfg(feature = "memory")]
 pub use store::MemoryStore;

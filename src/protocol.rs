@@ -83,7 +83,7 @@ where
             let req = Request::from_parts(parts, RequestBody::full(body));
             // On its own task: a client that hangs up must not cut the handler off between its
             // side effect and the record of it.
-            let task = tokio::spawn(execute(inner, store, config, guard, req));
+            let task = tokio::spawn(execute(inner, store, config, guard, fingerprint, req));
             match task.await {
                 Ok(result) => result,
                 Err(error) => match error.try_into_panic() {
@@ -134,7 +134,7 @@ async fn decide<St: IdempotencyStore, B>(
         .await?;
         let retry_after = match outcome {
             BeginOutcome::Acquired { fencing_token } => return Ok(Decision::Run(fencing_token)),
-            BeginOutcome::Completed(record) => {
+            BeginOutcome::Completed { record, .. } => {
                 tracing::debug!(key = %key, "idempotency: replayed");
                 return Ok(Decision::Respond(replay(record)));
             }
@@ -191,6 +191,7 @@ async fn execute<S, St, ReqBody, ResBody>(
     store: Arc<St>,
     config: Arc<Config>,
     mut guard: ReleaseGuard<St>,
+    fingerprint: Fingerprint,
     req: Request<RequestBody<ReqBody>>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
@@ -240,7 +241,7 @@ where
     };
     match timed(
         config.store_timeout,
-        store.complete(&key, &token, &record, config.result_ttl),
+        store.complete(&key, &token, &fingerprint, &record, config.result_ttl),
     )
     .await
     {

@@ -43,4 +43,6 @@ macro_rules! conformance {
 conformance! {
     memory => common::memory_store;
     redis => common::redis_store;
+    cached_memory => common::cached_memory_store;
+    cached_redis => common::cached_redis_store;
 }

@@ -1,7 +1,7 @@
 //! A bounded, expiring store in this process's memory.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -11,7 +11,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use super::{
+    eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError,
+    StoreKey,
+};
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
 /// The default bound on live records.
@@ -47,9 +50,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<StoreKey, Entry>,
-    /// Completed records in completion order, for eviction; stale items are skipped lazily.
-    completed: VecDeque<(StoreKey, u64)>,
-    generation: u64,
+    /// Completed records in completion order, for eviction.
+    completed: EvictionQueue<StoreKey>,
 }
 
 #[derive(Debug)]
@@ -134,28 +136,25 @@ impl State {
     /// Frees one place, oldest completed record first; `false` when none can go.
     fn make_room(&mut self, max_entries: usize, now: Instant) -> bool {
         while self.entries.len() >= max_entries {
-            let Some((key, generation)) = self.completed.pop_front() else {
+            let Some((key, generation)) = self.completed.pop() else {
                 // Only in-progress records left in the queue's view: sweep expired leases.
                 self.entries.retain(|_, e| e.expires_at > now);
                 return self.entries.len() < max_entries;
             };
-            if matches!(self.entries.get(&key), Some(Entry { slot: Slot::Completed { generation: g, .. }, .. }) if *g == generation)
-            {
+            if is_queued(&self.entries, &key, generation) {
                 self.entries.remove(&key);
             }
         }
         true
     }
+}
 
-    /// Keeps the eviction queue proportional to the live records.
-    fn compact_queue(&mut self) {
-        if self.completed.len() > 2 * self.entries.len() + 64 {
-            let entries = &self.entries;
-            self.completed.retain(|(key, generation)| {
-                matches!(entries.get(key), Some(Entry { slot: Slot::Completed { generation: g, .. }, .. }) if g == generation)
-            });
-        }
-    }
+/// Whether the queue item (`key`, `generation`) still names a completed record.
+fn is_queued(entries: &HashMap<StoreKey, Entry>, key: &StoreKey, generation: u64) -> bool {
+    matches!(
+        entries.get(key),
+        Some(Entry { slot: Slot::Completed { generation: g, .. }, .. }) if *g == generation
+    )
 }
 
 impl IdempotencyStore for MemoryStore {
@@ -174,9 +173,10 @@ impl IdempotencyStore for MemoryStore {
                     BeginOutcome::Mismatch
                 } else {
                     match &entry.slot {
-                        Slot::Completed { record, .. } => {
-                            BeginOutcome::Completed((**record).clone())
-                        }
+                        Slot::Completed { record, .. } => BeginOutcome::Completed {
+                            record: (**record).clone(),
+                            expires_in: Some(entry.expires_at - now),
+                        },
                         Slot::InProgress { .. } => BeginOutcome::InProgress {
                             retry_after: Some(entry.expires_at - now),
                         },
@@ -209,13 +209,13 @@ impl IdempotencyStore for MemoryStore {
         &self,
         key: &StoreKey,
         token: &LeaseToken,
+        _fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         Ok(self
             .with_held(key, token, |state| {
-                state.generation += 1;
-                let generation = state.generation;
+                let generation = state.completed.push(*key);
                 if let Some(entry) = state.entries.get_mut(key) {
                     entry.expires_at = Instant::now() + ttl;
                     entry.slot = Slot::Completed {
@@ -223,8 +223,10 @@ impl IdempotencyStore for MemoryStore {
                         generation,
                     };
                 }
-                state.completed.push_back((*key, generation));
-                state.compact_queue();
+                let entries = &state.entries;
+                state.completed.compact(entries.len(), |key, generation| {
+                    is_queued(entries, key, generation)
+                });
             })
             .is_some())
     }
@@ -281,7 +283,10 @@ mod tests {
             matches!(outcome, BeginOutcome::Acquired { .. }),
             "{outcome:?}"
         );
-        assert!(store.complete(key, &token, &record(), LEASE).await.unwrap());
+        assert!(store
+            .complete(key, &token, &FP, &record(), LEASE)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
@@ -295,7 +300,7 @@ mod tests {
         // Keys 0 and 1 went first; 4 is still there.
         assert!(matches!(
             store.begin(&key(4), &FP, &probe, LEASE).await.unwrap(),
-            BeginOutcome::Completed(_)
+            BeginOutcome::Completed { .. }
         ));
         assert!(matches!(
             store.begin(&key(0), &FP, &probe, LEASE).await.unwrap(),
@@ -344,7 +349,7 @@ mod tests {
             assert!(matches!(outcome, BeginOutcome::Acquired { .. }));
             // A zero TTL expires the record at once, so every round completes it anew.
             assert!(store
-                .complete(&key(1), &token, &record(), Duration::ZERO)
+                .complete(&key(1), &token, &FP, &record(), Duration::ZERO)
                 .await
                 .unwrap());
         }

@@ -15,6 +15,7 @@ use std::{fmt, future::Future, time::Duration};
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
 mod error;
+mod eviction;
 pub(crate) mod key;
 mod token;
 
@@ -22,9 +23,11 @@ mod token;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod replay_cache;
 
 pub use error::StoreError;
 pub use key::StoreKey;
+pub use replay_cache::ReplayCache;
 pub use token::{FencingToken, LeaseToken};
 
 #[cfg(feature = "redis")]
@@ -45,7 +48,13 @@ pub enum BeginOutcome {
         fencing_token: FencingToken,
     },
     /// A completed record with the same fingerprint exists: replay it.
-    Completed(CompletedRecord),
+    Completed {
+        /// What the first request produced.
+        record: CompletedRecord,
+        /// How long the store keeps the record from now, when it knows; caches must not keep it
+        /// longer.
+        expires_in: Option<Duration>,
+    },
     /// Another request holds the lease on this key.
     InProgress {
         /// How long the current lease still runs, when the store knows it.
@@ -77,11 +86,14 @@ pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
 
     /// Stores `record` for `ttl` in place of the caller's in-progress record.
     ///
+    /// `fingerprint` is the one the caller passed to `begin`: stores that keep records in more
+    /// than one place (a cache, a second tier) need it to answer later `begin` calls.
     /// Returns `false`, storing nothing, when the record is no longer held with `token`.
     fn complete(
         &self,
         key: &StoreKey,
         token: &LeaseToken,
+        fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;

@@ -21,13 +21,13 @@ use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 const DEFAULT_PREFIX: &str = "idempotency:";
 const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record}`,
+/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record, pttl}`,
 /// `{2, pttl}` or `{3}`.
 const BEGIN: &str = r"
 local rec = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
 if rec[1] then
   if rec[2] ~= ARGV[1] then return {3} end
-  if rec[1] == 'c' then return {1, rec[3]} end
+  if rec[1] == 'c' then return {1, rec[3], redis.call('PTTL', KEYS[1])} end
   return {2, redis.call('PTTL', KEYS[1])}
 end
 local fence = redis.call('INCR', KEYS[2])
@@ -208,8 +208,11 @@ fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
         [Value::Int(0), Value::Int(fence)] => Ok(BeginOutcome::Acquired {
             fencing_token: FencingToken::new(u64::try_from(*fence).unwrap_or(0)),
         }),
-        [Value::Int(1), Value::BulkString(bytes)] => {
-            Ok(BeginOutcome::Completed(CompletedRecord::decode(bytes)?))
+        [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
+            Ok(BeginOutcome::Completed {
+                record: CompletedRecord::decode(bytes)?,
+                expires_in: u64::try_from(*pttl).ok().map(Duration::from_millis),
+            })
         }
         // A completed record without its response field was not written by this crate.
         [Value::Int(1), ..] => Err(StoreError::Corrupt(crate::response::DecodeError::Truncated)),
@@ -260,6 +263,7 @@ where
         &self,
         key: &StoreKey,
         token: &LeaseToken,
+        _fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
@@ -332,7 +336,8 @@ mod tests {
         assert!(matches!(
             parse_begin(Value::Array(vec![
                 Value::Int(1),
-                Value::BulkString(b"junk".to_vec())
+                Value::BulkString(b"junk".to_vec()),
+                Value::Int(1000),
             ])),
             Err(StoreError::Corrupt(_))
         ));

@@ -79,10 +79,13 @@ impl<St: IdempotencyStore> IdempotencyStore for CountingStore<St> {
         &self,
         key: &StoreKey,
         token: &LeaseToken,
+        fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.inner.complete(key, token, record, ttl).await
+        self.inner
+            .complete(key, token, fingerprint, record, ttl)
+            .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {

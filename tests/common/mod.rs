@@ -23,8 +23,8 @@ use test_support::{unique_prefix, TestRedis};
 use tokio::sync::Semaphore;
 use tower::{util::BoxCloneService, Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::{
-    FencingToken, IdempotencyLayer, IdempotencyStore, MemoryStore, RedisStore, RequestBody,
-    ResponseBody,
+    FencingToken, IdempotencyLayer, IdempotencyStore, MemoryStore, RedisStore, ReplayCache,
+    RequestBody, ResponseBody,
 };
 
 /// The request body every test sends.
@@ -276,4 +276,15 @@ pub async fn redis_store() -> (RedisStore, TestRedis) {
         .expect("connect to the test Redis")
         .with_key_prefix(unique_prefix("conformance"));
     (store, redis)
+}
+
+/// A fresh in-memory store behind a local replay cache.
+pub async fn cached_memory_store() -> (ReplayCache<MemoryStore>, ()) {
+    (ReplayCache::new(MemoryStore::new()), ())
+}
+
+/// A Redis store behind a local replay cache.
+pub async fn cached_redis_store() -> (ReplayCache<RedisStore>, TestRedis) {
+    let (store, redis) = redis_store().await;
+    (ReplayCache::new(store), redis)
 }

@@ -201,7 +201,7 @@ pub async fn an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder<
     let stale = CompletedRecord::Tombstone {
         status: StatusCode::OK,
     };
-    assert!(!store.complete(&key, &old, &stale, long).await.unwrap());
+    assert!(!store.complete(&key, &old, &fp, &stale, long).await.unwrap());
     assert!(!store.renew(&key, &old, long).await.unwrap());
     assert!(!store.release(&key, &old).await.unwrap());
     assert!(matches!(
@@ -212,18 +212,29 @@ pub async fn an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder<
         BeginOutcome::InProgress { .. }
     ));
     assert!(store.renew(&key, &new, long).await.unwrap());
-    assert!(store.complete(&key, &new, &record, long).await.unwrap());
+    assert!(store
+        .complete(&key, &new, &fp, &record, long)
+        .await
+        .unwrap());
     assert!(
         !store.release(&key, &new).await.unwrap(),
         "a completed record is not released"
     );
-    assert_eq!(
-        store
-            .begin(&key, &fp, &LeaseToken::generate(), long)
-            .await
-            .unwrap(),
-        BeginOutcome::Completed(record)
-    );
+    match store
+        .begin(&key, &fp, &LeaseToken::generate(), long)
+        .await
+        .unwrap()
+    {
+        BeginOutcome::Completed {
+            record: stored,
+            expires_in,
+        } => {
+            assert_eq!(stored, record);
+            let expires_in = expires_in.expect("the store knows when the record expires");
+            assert!(expires_in <= long && expires_in > long - Duration::from_secs(10));
+        }
+        other => panic!("expected the completed record, got {other:?}"),
+    }
 }
 
 pub async fn server_errors_and_handler_failures_are_not_recorded<St: IdempotencyStore>(store: St) {
