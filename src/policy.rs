@@ -1,7 +1,7 @@
 //! Choices the layer makes on the user's behalf: what to do with a concurrent duplicate, and
 //! which response headers a replay carries.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderName};
 
@@ -54,34 +54,42 @@ impl Default for ConflictPolicy {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderFilter {
-    names: HashSet<HeaderName>,
+    // A handful of names: a scan beats hashing each response header.
+    names: Vec<HeaderName>,
     allow: bool,
 }
 
 impl HeaderFilter {
     /// Replays every header but these.
     pub fn deny(names: impl IntoIterator<Item = HeaderName>) -> Self {
-        Self {
-            names: names.into_iter().collect(),
-            allow: false,
-        }
+        Self::with_names(names, false)
     }
 
     /// Replays only these headers.
     pub fn allow(names: impl IntoIterator<Item = HeaderName>) -> Self {
-        Self {
-            names: names.into_iter().collect(),
-            allow: true,
+        Self::with_names(names, true)
+    }
+
+    fn with_names(names: impl IntoIterator<Item = HeaderName>, allow: bool) -> Self {
+        let mut filter = Self {
+            names: Vec::new(),
+            allow,
+        };
+        for name in names {
+            if !filter.names.contains(&name) {
+                filter.names.push(name);
+            }
         }
+        filter
     }
 
     /// Adds names to a deny-list, or removes them from an allow-list.
     pub fn and_deny(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         for name in names {
             if self.allow {
-                self.names.remove(&name);
-            } else {
-                self.names.insert(name);
+                self.names.retain(|n| *n != name);
+            } else if !self.names.contains(&name) {
+                self.names.push(name);
             }
         }
         self

@@ -111,7 +111,7 @@ async fn scripts_are_reloaded_after_the_server_forgets_them() {
 }
 
 #[tokio::test]
-async fn every_key_of_a_record_shares_one_hash_tag_and_no_raw_key_text() {
+async fn a_record_is_one_hash_tagged_key_with_no_raw_key_text() {
     let redis = TestRedis::start().await;
     let prefix = unique_prefix("layout");
     let store = RedisStore::connect(redis.url())
@@ -137,7 +137,7 @@ async fn every_key_of_a_record_shares_one_hash_tag_and_no_raw_key_text() {
     let mut keys: Vec<String> = probe.keys(format!("{prefix}*")).await.unwrap();
     keys.sort();
     let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", key_text));
-    assert_eq!(keys, [record.clone(), format!("{record}:fence")]);
+    assert_eq!(keys, [record], "one Redis key per idempotency key");
     for key in &keys {
         assert!(!key.contains("tag"), "raw key text leaked into {key}");
         let tag = &key[key.find('{').unwrap()..=key.find('}').unwrap()];
@@ -163,14 +163,23 @@ async fn a_corrupt_record_is_500_and_never_reruns_the_handler() {
 
     let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", "k"));
     let mut probe = redis.connection().await;
-    let () = probe.hset(&record, "r", "garbage").await.unwrap();
-
+    let stored: Vec<u8> = probe.get(&record).await.unwrap();
+    // The state byte and fingerprint survive, the response after them does not.
+    let mut damaged = stored[..33].to_vec();
+    damaged.extend_from_slice(b"garbage");
+    let () = probe.set(&record, damaged).await.unwrap();
     send(&svc, post("/orders", Some("k"), "{}"))
         .await
         .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "record-corrupt");
+    // Nothing of the layout is left.
+    let () = probe.set(&record, "garbage").await.unwrap();
+    send(&svc, post("/orders", Some("k"), "{}"))
+        .await
+        .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "record-corrupt");
+
     assert_eq!(handler.executions(), 1);
     let hash = StoreKey::derive(None, "POST", "/orders", "k").to_hex();
-    assert_eq!(logs::lines_with(&["ERROR", "corrupt", &hash]).len(), 1);
+    assert_eq!(logs::lines_with(&["ERROR", "corrupt", &hash]).len(), 2);
 }
 
 #[tokio::test]
@@ -186,7 +195,7 @@ async fn a_record_holds_no_private_header() {
 
     let record = store.record_key(&StoreKey::derive(None, "POST", "/orders", "k"));
     let mut probe = redis.connection().await;
-    let stored: Vec<u8> = probe.hget(&record, "r").await.unwrap();
+    let stored: Vec<u8> = probe.get(&record).await.unwrap();
     let stored = String::from_utf8_lossy(&stored);
     assert!(
         stored.contains("/orders/1"),

@@ -1,64 +1,64 @@
 //! The Redis store: one script call per step, token-checked, cluster-safe.
 //!
-//! Each idempotency key owns two Redis keys that share one hash tag, so every script touches a
-//! single slot and runs unchanged on Redis Cluster and Valkey:
+//! Each idempotency key is one Redis string, `{prefix}{<sha256 hex>}`, whose hash tag is the
+//! digest, so the store runs unchanged on Redis Cluster and Valkey. In progress it holds `p`, the
+//! 32-byte request fingerprint and the holder's 16-byte lease token, with the lease as its TTL;
+//! completed, `c`, the fingerprint and the encoded response, with the result TTL. One string keeps
+//! each step to a `GET` and a `SET`.
 //!
-//! - `{prefix}{<sha256 hex>}`: a hash with `s` (state: `p` in progress, `c` completed), `f` (the
-//!   request fingerprint), `t` (the holder's lease token, while in progress), `n` (the fencing
-//!   token) and `r` (the encoded response, once completed). Its Redis TTL is the lease while in
-//!   progress and the result TTL once completed.
-//! - `{prefix}{<sha256 hex>}:fence`: the per-key fencing counter. It outlives the record (by the
-//!   store's fence retention), so a holder whose lease lapsed never shares a fencing token with
-//!   the next one.
+//! The fencing token is the Redis server's clock, in microseconds, when the key was acquired: a
+//! later acquisition of the same key always comes after the earlier lease ended, so it gets a
+//! larger token as long as the server's clock does not step back by more than a lease. It costs
+//! no second key and no extra write.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{aio::ConnectionLike, aio::ConnectionManager, Script, Value};
 
 use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
-use crate::{fingerprint::Fingerprint, response::CompletedRecord};
+use crate::{
+    fingerprint::Fingerprint,
+    response::{CompletedRecord, DecodeError},
+};
 
 const DEFAULT_PREFIX: &str = "idempotency:";
-const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record, pttl}`,
-/// `{2, pttl}` or `{3}`.
+/// `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote).
 const BEGIN: &str = r"
-local rec = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
-if rec[1] then
-  if rec[2] ~= ARGV[1] then return {3} end
-  if rec[1] == 'c' then return {1, rec[3], redis.call('PTTL', KEYS[1])} end
+local v = redis.call('GET', KEYS[1])
+if v then
+  local state = string.byte(v, 1)
+  if not ((state == 99 and #v >= 33) or (state == 112 and #v == 49)) then return {4} end
+  if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
+  if state == 99 then return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])} end
   return {2, redis.call('PTTL', KEYS[1])}
 end
-local fence = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[1], 't', ARGV[2], 'n', fence)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {0, fence}
+local now = redis.call('TIME')
+redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+return {0, now[1] * 1000000 + now[2]}
 ";
 
 /// Store the response in place of the caller's in-progress record.
 const COMPLETE: &str = r"
-local rec = redis.call('HMGET', KEYS[1], 's', 't')
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 't')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 33) .. ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
 /// Delete the caller's in-progress record.
 const RELEASE: &str = r"
-local rec = redis.call('HMGET', KEYS[1], 's', 't')
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 ";
 
 /// Extend the caller's lease.
 const RENEW: &str = r"
-local rec = redis.call('HMGET', KEYS[1], 's', 't')
-if rec[1] ~= 'p' or rec[2] ~= ARGV[1] then return 0 end
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -105,7 +105,6 @@ impl Scripts {
 pub struct RedisStore<C = ConnectionManager> {
     conn: C,
     prefix: Arc<str>,
-    fence_retention: Duration,
     scripts: Arc<Scripts>,
 }
 
@@ -113,7 +112,6 @@ impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
-            .field("fence_retention", &self.fence_retention)
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +139,6 @@ where
         Self {
             conn,
             prefix: Arc::from(DEFAULT_PREFIX),
-            fence_retention: DEFAULT_FENCE_RETENTION,
             scripts: Arc::new(Scripts::new()),
         }
     }
@@ -151,14 +148,6 @@ where
     /// Braces would start a cluster hash tag, so `{` and `}` in the prefix become `_`.
     pub fn with_key_prefix(mut self, prefix: impl AsRef<str>) -> Self {
         self.prefix = Arc::from(sanitize_prefix(prefix.as_ref()));
-        self
-    }
-
-    /// How long a key's fencing counter is kept after its last acquisition (default 7 days).
-    ///
-    /// Keep it longer than the result TTL plus the longest pause a holder could survive.
-    pub fn with_fence_retention(mut self, retention: Duration) -> Self {
-        self.fence_retention = retention;
         self
     }
 
@@ -177,10 +166,6 @@ where
     /// The Redis key that holds the record for `key`.
     pub fn record_key(&self, key: &StoreKey) -> String {
         format!("{}{{{}}}", self.prefix, key.to_hex())
-    }
-
-    fn fence_key(record_key: &str) -> String {
-        format!("{record_key}:fence")
     }
 }
 
@@ -214,8 +199,7 @@ fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
                 expires_in: u64::try_from(*pttl).ok().map(Duration::from_millis),
             })
         }
-        // A completed record without its response field was not written by this crate.
-        [Value::Int(1), ..] => Err(StoreError::Corrupt(crate::response::DecodeError::Truncated)),
+        [Value::Int(4)] => Err(StoreError::Corrupt(DecodeError::Invalid("record layout"))),
         [Value::Int(2), Value::Int(pttl)] => Ok(BeginOutcome::InProgress {
             retry_after: u64::try_from(*pttl).ok().map(Duration::from_millis),
         }),
@@ -243,15 +227,12 @@ where
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
-        let record_key = self.record_key(key);
         let mut invocation = self.scripts.begin.prepare_invoke();
         invocation
-            .key(&record_key)
-            .key(Self::fence_key(&record_key))
+            .key(self.record_key(key))
             .arg(&fingerprint.as_bytes()[..])
             .arg(&token.to_bytes()[..])
-            .arg(millis(lease))
-            .arg(millis(self.fence_retention));
+            .arg(millis(lease));
         let reply: Value = invocation
             .invoke_async(&mut self.conn.clone())
             .await

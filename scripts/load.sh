@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The end-to-end load comparison: one axum handler behind each idempotency variant, driven by
+# wrk on loopback at a fixed concurrency, all in one run, reported as requests/s, p50, p99 and
+# ratios. Installs wrk and redis-server (Debian packages) when missing.
+#
+#   ./scripts/load.sh                         # 10 s per variant, 64 connections
+#   DURATION=20 CONNECTIONS=128 ./scripts/load.sh
+#
+# The report is printed and written to target/load/report.md; raw wrk output sits beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-64}"
+out=target/load
+mkdir -p "$out"
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release -q -p benches --bin load_server
+server_bin=target/release/load_server
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port)
+redis_dir=$(mktemp -d)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" \
+  --logfile "$redis_dir/redis.log" &
+redis_pid=$!
+server_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  kill "$redis_pid" 2>/dev/null || true
+  rm -rf "$redis_dir"
+}
+trap cleanup EXIT
+export REDIS_URL="redis://127.0.0.1:$redis_port"
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+
+# name | server variant | wrk script | what it is
+variants=(
+  "a|bare|fresh|no idempotency"
+  "b1|manual-first|fresh|handler makes 2 EVALSHA by hand"
+  "b2|manual-replay|replay|handler makes 1 EVALSHA by hand"
+  "c|ours-redis|fresh|tower-idempotency, RedisStore, first executions"
+  "d|ours-redis|replay|tower-idempotency, RedisStore, replays"
+  "e|ours-memory|fresh|tower-idempotency, MemoryStore, first executions"
+  "l|ours-cached|replay|tower-idempotency, ReplayCache<RedisStore>, replays"
+  "f|axum-idempotent|fresh|axum-idempotent 0.6, in-memory sessions (MokaStore), first executions"
+  "f2|axum-idempotent|replay|axum-idempotent 0.6, in-memory sessions (MokaStore), replays"
+)
+
+for entry in "${variants[@]}"; do
+  IFS='|' read -r name variant script what <<<"$entry"
+  redis-cli -p "$redis_port" flushall >/dev/null
+  port=$(free_port)
+  "$server_bin" "$variant" "127.0.0.1:$port" &
+  server_pid=$!
+  until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
+  cookie=""
+  if [ "$variant" = axum-idempotent ]; then
+    cookie=$(curl -s -i -X POST "http://127.0.0.1:$port/login" | tr -d '\r' \
+      | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -n1)
+  fi
+  if [ "$script" = replay ]; then
+    # The first request runs the handler; the measured ones replay it.
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$port/orders" -H 'content-type: application/json' \
+      -H 'idempotency-key: replayed-key' ${cookie:+-H "cookie: $cookie"} \
+      -d '{"customer_id":"C001","amount":1200}'
+  fi
+  echo "==> $name: $what"
+  LOAD_COOKIE="$cookie" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "scripts/load/$script.lua" \
+    "http://127.0.0.1:$port/orders" >"$out/$name.txt"
+  grep -E "Requests/sec|Non-2xx" "$out/$name.txt" || true
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+done
+
+python3 - "$out" "$DURATION" "$CONNECTIONS" "${variants[@]}" <<'PY' | tee "$out/report.md"
+import re, sys, platform, os
+out, duration, connections, entries = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def micros(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
+rows, rps = [], {}
+for entry in entries:
+    name, variant, script, what = entry.split("|")
+    raw = open(f"{out}/{name}.txt").read()
+    rps[name] = float(re.search(r"Requests/sec:\s+([\d.]+)", raw).group(1))
+    p50 = micros(re.search(r"50%\s+(\S+)", raw).group(1))
+    p99 = micros(re.search(r"99%\s+(\S+)", raw).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", raw)
+    rows.append((name, what, rps[name], p50, p99, int(bad.group(1)) if bad else 0))
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"Load comparison: wrk, 1 thread, {connections} connections, {duration} s per variant, loopback; "
+      f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
+print("axum-idempotent runs on ruts' in-memory MokaStore: ruts' Redis store needs HEXPIRE "
+      "(Redis 7.4+) and Debian 12 ships Redis 7.0.\n")
+print("| variant | what | requests/s | p50 | p99 | non-2xx |")
+print("| --- | --- | ---: | ---: | ---: | ---: |")
+for name, what, r, p50, p99, bad in rows:
+    print(f"| {name} | {what} | {r:,.0f} | {p50:,.0f} us | {p99:,.0f} us | {bad} |")
+print()
+for label, num, den, target in [
+    ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),
+    ("(d)/(b2) replay vs hand-made round trip", "d", "b2", ">= 0.9"),
+    ("(l)/(a) replay through the local tier vs no idempotency", "l", "a", ">= 0.8"),
+    ("(e)/(a) MemoryStore first execution vs no idempotency", "e", "a", ""),
+    ("(c)/(f) Redis vs axum-idempotent in memory, first executions", "c", "f", "> 1"),
+    ("(e)/(f) both in memory, first executions", "e", "f", ""),
+    ("(d)/(f2) Redis vs axum-idempotent in memory, replays", "d", "f2", ""),
+    ("(l)/(f2) local tier vs axum-idempotent in memory, replays", "l", "f2", ""),
+]:
+    print(f"- {label}: **{rps[num] / rps[den]:.2f}**" + (f" (target {target})" if target else ""))
+PY
