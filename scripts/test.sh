@@ -23,6 +23,14 @@ echo "==> cargo clippy (every package, every target)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 
+echo "==> each feature on its own"
+for features in "" "memory" "redis"; do
+  cargo clippy -q --lib --no-default-features --features "$features" -- -D warnings
+done
+
+echo "==> cargo package"
+cargo package -q --allow-dirty --no-verify
+
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 
