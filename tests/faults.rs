@@ -10,23 +10,15 @@ use test_support::TestRedis;
 use tokio::time::Instant;
 use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey};
 
-use common::{eventually, logs, post, send, Handler, TestService, DEADLINE};
+use common::{eventually, logs, post, send, send_until_not, Handler, TestService};
 
 fn key_hash(key: &str) -> String {
     StoreKey::derive(None, "POST", "/orders", key).to_hex()
 }
 
-/// Sends until the answer is not `status`, failing after the deadline.
+/// Sends a POST with `key` until the answer is not `status`, failing after the deadline.
 async fn until_not(svc: &TestService, status: StatusCode, key: &str) -> common::Answer {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let answer = send(svc, post("/orders", Some(key), "{}")).await;
-        if answer.status != status {
-            return answer;
-        }
-        assert!(Instant::now() < deadline, "still {status} at the deadline");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    send_until_not(svc, status, || post("/orders", Some(key), "{}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,6 +251,26 @@ pub fn try_send(
     }
 }
 
+/// Sends `request()` again while the answer has status `skip`, failing after [`DEADLINE`].
+pub async fn send_until_not(
+    svc: &TestService,
+    skip: StatusCode,
+    request: impl Fn() -> Request<TestBody>,
+) -> Answer {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let answer = send(svc, request()).await;
+        if answer.status != skip {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {skip} at the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls `condition` until it holds, failing the test after [`DEADLINE`].
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -13,8 +13,8 @@ use tower_idempotency::{
 };
 
 use super::{
-    counting_store::CountingStore, eventually, post, post_raw_key, post_streaming, send, try_send,
-    Answer, Handler, DEADLINE,
+    counting_store::CountingStore, eventually, post, post_raw_key, post_streaming, send,
+    send_until_not, try_send, Answer, Handler, DEADLINE,
 };
 
 pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store: St) {
@@ -434,18 +434,10 @@ pub async fn a_dropped_request_still_records_its_response<St: IdempotencyStore>(
     assert!(first.await.unwrap_err().is_cancelled());
     handler.open_gate();
 
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let retry = loop {
-        let answer = send(&svc, post("/gated", Some("gone"), "{}")).await;
-        if answer.status != StatusCode::CONFLICT {
-            break answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the key stayed locked"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let retry = send_until_not(&svc, StatusCode::CONFLICT, || {
+        post("/gated", Some("gone"), "{}")
+    })
+    .await;
     assert_eq!(retry.status, StatusCode::CREATED);
     assert!(retry.replayed(), "the retry replays the finished result");
     assert_eq!(handler.executions(), 1);
@@ -468,18 +460,10 @@ pub async fn a_request_dropped_during_begin_releases_the_key<St: IdempotencyStor
     .await;
     first.abort();
 
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let retry = loop {
-        let answer = send(&svc, post("/orders", Some("k"), "{}")).await;
-        if answer.status != StatusCode::CONFLICT {
-            break answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the key stayed locked"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let retry = send_until_not(&svc, StatusCode::CONFLICT, || {
+        post("/orders", Some("k"), "{}")
+    })
+    .await;
     assert_eq!(retry.status, StatusCode::CREATED);
     assert!(!retry.replayed());
     assert_eq!(handler.executions(), 1);
