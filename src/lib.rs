@@ -57,6 +57,7 @@
 //!
 //! - `redis` (default): [`RedisStore`].
 //! - `memory` (default): [`MemoryStore`].
+//! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

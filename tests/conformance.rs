@@ -46,3 +46,8 @@ conformance! {
     cached_memory => common::cached_memory_store;
     cached_redis => common::cached_redis_store;
 }
+
+#[cfg(feature = "redis-cluster")]
+conformance! {
+    redis_cluster => common::cluster_store;
+}

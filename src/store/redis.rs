@@ -129,6 +129,34 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
+#[cfg(feature = "redis-cluster")]
+impl RedisStore<redis::cluster_async::ClusterConnection> {
+    /// Connects to a Redis Cluster through any of its nodes and loads the scripts on every
+    /// primary. Every key a script touches shares one hash tag, so each call goes to one node.
+    ///
+    /// ```no_run
+    /// use tower_idempotency::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect_cluster(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub async fn connect_cluster(
+        nodes: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Self, StoreError> {
+        let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        let client = redis::cluster::ClusterClient::new(nodes).map_err(StoreError::backend)?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(StoreError::backend)?;
+        let store = Self::new(conn);
+        store.load_scripts().await?;
+        Ok(store)
+    }
+}
+
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,

@@ -10,6 +10,7 @@
 
 use std::{
     io::{Read, Write},
+    net::{TcpListener, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -233,29 +234,172 @@ fn find_binary() -> Option<PathBuf> {
 }
 
 fn wait_for_pong(socket: &Path, limit: Duration) -> Result<(), String> {
+    wait_until(limit, "answer PING", || {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Ok(ask(stream, "PING")? == "+PONG\r\n")
+    })
+}
+
+/// Polls `check` every 20 ms until it says yes, or fails after `limit` with the last error.
+fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> std::io::Result<bool>,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
-    let mut last_error = String::from("not started");
+    let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        match ping(socket) {
-            Ok(()) => return Ok(()),
-            Err(e) => last_error = e.to_string(),
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!(
-        "redis-server did not answer PING within {limit:?}: {last_error}"
+        "redis-server did not {what} within {limit:?}: {last}"
     ))
 }
 
-fn ping(socket: &Path) -> std::io::Result<()> {
-    let mut stream = UnixStream::connect(socket)?;
+/// Sends one inline command and returns the raw reply (up to 4 KiB).
+fn ask(mut stream: impl Read + Write, command: &str) -> std::io::Result<String> {
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut reply = vec![0u8; 4096];
+    let n = stream.read(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply[..n]).into_owned())
+}
+
+fn ask_tcp(port: u16, command: &str) -> std::io::Result<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    stream.write_all(b"PING\r\n")?;
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply)?;
-    if &reply == b"+PONG\r\n" {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("unexpected reply to PING"))
+    ask(stream, command)
+}
+
+/// A local Redis Cluster of three primaries this process started, killed on drop.
+///
+/// `REDIS_CLUSTER_URLS` (comma-separated) points the tests at a cluster you run instead.
+pub struct TestCluster {
+    urls: Vec<String>,
+    nodes: Vec<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl TestCluster {
+    /// `REDIS_CLUSTER_URLS`, else three spawned `redis-server --cluster-enabled yes` nodes joined
+    /// with `redis-cli --cluster create`; panics with how to get Redis when neither works.
+    pub fn start() -> Self {
+        if let Some(urls) = std::env::var("REDIS_CLUSTER_URLS")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            return Self {
+                urls: urls.split(',').map(str::to_owned).collect(),
+                nodes: Vec::new(),
+                dir: None,
+            };
+        }
+        let binary = find_binary().unwrap_or_else(|| panic!("{HOW_TO_GET_REDIS}"));
+        Self::spawn(&binary, 3).unwrap_or_else(|e| panic!("the test cluster would not start: {e}"))
     }
+
+    fn spawn(binary: &Path, size: usize) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(unique_prefix("cluster").replace(':', "-"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut cluster = Self {
+            urls: Vec::new(),
+            nodes: Vec::new(),
+            dir: Some(dir.clone()),
+        };
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            let port = free_cluster_port(&ports)?;
+            ports.push(port);
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
+            let child = Command::new(binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--cluster-config-file")
+                .arg(node_dir.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--logfile")
+                .arg(node_dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", binary.display()))?;
+            cluster.nodes.push(child);
+            cluster.urls.push(format!("redis://127.0.0.1:{port}"));
+        }
+        for &port in &ports {
+            wait_until(Duration::from_secs(10), "answer PING", || {
+                Ok(ask_tcp(port, "PING")? == "+PONG\r\n")
+            })?;
+        }
+        let cli = binary.with_file_name("redis-cli");
+        let cli = if cli.is_file() {
+            cli
+        } else {
+            PathBuf::from("redis-cli")
+        };
+        let output = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", cli.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
+        for &port in &ports {
+            wait_until(Duration::from_secs(20), "report cluster_state:ok", || {
+                let info = ask_tcp(port, "CLUSTER INFO")?;
+                Ok(info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"))
+            })?;
+        }
+        Ok(cluster)
+    }
+
+    /// One URL per primary.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> Result<u16, String> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        if port > 55_000 || taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port pair for a cluster node".to_owned())
 }

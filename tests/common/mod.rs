@@ -308,3 +308,19 @@ pub async fn cached_redis_store() -> (ReplayCache<RedisStore>, TestRedis) {
     let (store, redis) = redis_store().await;
     (ReplayCache::new(store), redis)
 }
+
+/// A Redis store on a local three-primary cluster.
+#[cfg(feature = "redis-cluster")]
+pub async fn cluster_store() -> (
+    RedisStore<redis::cluster_async::ClusterConnection>,
+    test_support::TestCluster,
+) {
+    let cluster = tokio::task::spawn_blocking(test_support::TestCluster::start)
+        .await
+        .expect("cluster start-up");
+    let store = RedisStore::connect_cluster(cluster.urls())
+        .await
+        .expect("connect to the test cluster")
+        .with_key_prefix(unique_prefix("cluster"));
+    (store, cluster)
+}
