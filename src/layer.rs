@@ -8,6 +8,7 @@ use tower_layer::Layer;
 
 use crate::{
     fingerprint::{DefaultFingerprint, MakeFingerprint},
+    outcome::{OnOutcome, Outcome},
     policy::{ConflictPolicy, HeaderFilter},
     scope::MakeScope,
     service::IdempotencyService,
@@ -46,6 +47,16 @@ pub(crate) struct Config {
     pub(crate) scope: Option<Arc<dyn MakeScope>>,
     pub(crate) fingerprint: Arc<dyn MakeFingerprint>,
     pub(crate) fail_open: bool,
+    pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
+}
+
+impl Config {
+    /// Hands `outcome` to the user's hook, if there is one.
+    pub(crate) fn observe(&self, outcome: Outcome) {
+        if let Some(hook) = &self.on_outcome {
+            hook.on_outcome(outcome);
+        }
+    }
 }
 
 impl Default for Config {
@@ -66,6 +77,7 @@ impl Default for Config {
             scope: None,
             fingerprint: Arc::new(DefaultFingerprint::new()),
             fail_open: false,
+            on_outcome: None,
         }
     }
 }
@@ -85,6 +97,7 @@ impl fmt::Debug for Config {
             .field("replay_headers", &self.replay_headers)
             .field("scoped", &self.scope.is_some())
             .field("fail_open", &self.fail_open)
+            .field("on_outcome", &self.on_outcome.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +259,12 @@ impl<St> IdempotencyLayer<St> {
     /// Every request let through is logged at `warn`. A corrupt record still answers 500.
     pub fn with_fail_open(self, fail_open: bool) -> Self {
         self.set(|c| c.fail_open = fail_open)
+    }
+
+    /// Calls `hook` with every [`Outcome`] (acquired, replayed, conflict, ...), to count them in
+    /// your metrics system. Every outcome is also a `tracing` event carrying the key's hash.
+    pub fn with_on_outcome(self, hook: impl OnOutcome) -> Self {
+        self.set(|c| c.on_outcome = Some(Arc::new(hook)))
     }
 }
 

@@ -60,6 +60,7 @@
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
 
 mod body;
 mod collect;
@@ -69,6 +70,7 @@ mod guard;
 mod hex;
 mod key;
 mod layer;
+mod outcome;
 mod policy;
 pub mod problems;
 mod protocol;
@@ -85,6 +87,7 @@ pub use layer::{
     IdempotencyLayer, DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS,
     DEFAULT_RECORD_LIMIT, DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
 };
+pub use outcome::{OnOutcome, Outcome};
 pub use policy::{ConflictPolicy, HeaderFilter};
 pub use response::{CompletedRecord, DecodeError, RecordedResponse};
 pub use scope::MakeScope;

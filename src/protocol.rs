@@ -7,6 +7,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{
     body::{RequestBody, ResponseBody},
@@ -14,6 +15,7 @@ use crate::{
     guard::ReleaseGuard,
     key::IdempotencyKey,
     layer::Config,
+    outcome::Outcome,
     policy::ConflictPolicy,
     problems::Problem,
     response::{CompletedRecord, RecordedResponse},
@@ -54,7 +56,10 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
         Ok(body) => body,
-        Err(problem) => return Ok(problem.into_response()),
+        Err(problem) => {
+            config.observe(Outcome::Refused);
+            return Ok(problem.into_response());
+        }
     };
     let fingerprint = config.fingerprint.fingerprint(&parts, &body);
     let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
@@ -64,6 +69,7 @@ where
         parts.uri.path(),
         key.as_str(),
     );
+    tracing::Span::current().record("key", tracing::field::display(&store_key));
     let mut guard = ReleaseGuard::new(
         Arc::clone(&store),
         store_key,
@@ -78,12 +84,14 @@ where
         }
         Ok(Decision::Run(fencing_token)) => {
             tracing::debug!(key = %store_key, fencing_token = fencing_token.get(), "idempotency: acquired");
+            config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
             let req = Request::from_parts(parts, RequestBody::full(body));
             // On its own task: a client that hangs up must not cut the handler off between its
             // side effect and the record of it.
-            let task = tokio::spawn(execute(inner, store, config, guard, fingerprint, req));
+            let execution = execute(inner, store, config, guard, fingerprint, req);
+            let task = tokio::spawn(execution.instrument(tracing::Span::current()));
             match task.await {
                 Ok(result) => result,
                 Err(error) => match error.try_into_panic() {
@@ -95,11 +103,13 @@ where
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
             tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
+            config.observe(Outcome::Corrupt);
             Ok(Problem::RecordCorrupt.into_response())
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
         Err(error) if config.fail_open => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; running the request unguarded (fail-open)");
+            config.observe(Outcome::StoreFailed);
             drop(guard);
             parts.extensions.insert(key);
             let response = inner
@@ -109,6 +119,7 @@ where
         }
         Err(error) => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; refusing the request (fail-closed)");
+            config.observe(Outcome::StoreFailed);
             Ok(Problem::StoreUnavailable {
                 retry_after_secs: 1,
             }
@@ -136,16 +147,19 @@ async fn decide<St: IdempotencyStore, B>(
             BeginOutcome::Acquired { fencing_token } => return Ok(Decision::Run(fencing_token)),
             BeginOutcome::Completed { record, .. } => {
                 tracing::debug!(key = %key, "idempotency: replayed");
+                config.observe(Outcome::Replayed);
                 return Ok(Decision::Respond(replay(record)));
             }
             BeginOutcome::Mismatch => {
                 tracing::debug!(key = %key, "idempotency: key reused with another request");
+                config.observe(Outcome::Mismatch);
                 return Ok(Decision::Respond(Problem::KeyReused.into_response()));
             }
             BeginOutcome::InProgress { retry_after } => retry_after.unwrap_or(config.lease_ttl),
         };
         let conflict = || {
             tracing::debug!(key = %key, "idempotency: conflict with a request in progress");
+            config.observe(Outcome::Conflict);
             Ok(Decision::Respond(
                 Problem::InProgress {
                     retry_after_secs: ceil_secs(retry_after),
@@ -205,6 +219,7 @@ where
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(key = %key, "idempotency: handler failed; releasing");
+            config.observe(Outcome::Released);
             guard.release().await;
             return Err(error);
         }
@@ -212,6 +227,7 @@ where
     let (parts, body) = response.into_parts();
     if !(config.record_when)(&parts) {
         tracing::debug!(key = %key, status = parts.status.as_u16(), "idempotency: response not recordable; releasing");
+        config.observe(Outcome::Released);
         guard.release().await;
         return Ok(Response::from_parts(parts, ResponseBody::new(body)));
     }
@@ -235,6 +251,7 @@ where
         }
         Collected::Failed(error) => {
             tracing::warn!(key = %key, %error, "idempotency: response body failed; releasing");
+            config.observe(Outcome::Released);
             guard.release().await;
             return Ok(Problem::ResponseFailed.into_response());
         }
@@ -248,14 +265,21 @@ where
         Ok(true) => {
             guard.disarm();
             tracing::debug!(key = %key, "idempotency: recorded");
+            config.observe(if matches!(record, CompletedRecord::Tombstone { .. }) {
+                Outcome::Tombstoned
+            } else {
+                Outcome::Recorded
+            });
         }
         Ok(false) => {
             guard.disarm();
             tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+            config.observe(Outcome::LeaseLost);
         }
         // The guard releases on drop: the in-progress record must not outlive this request.
         Err(error) => {
-            tracing::error!(key = %key, %error, "idempotency: could not record the response")
+            tracing::error!(key = %key, %error, "idempotency: could not record the response");
+            config.observe(Outcome::StoreFailed);
         }
     }
     Ok(Response::from_parts(parts, body))

@@ -11,12 +11,14 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{
     body::{RequestBody, ResponseBody},
     future::ResponseFuture,
     key,
     layer::{Config, IdempotencyLayer},
+    outcome::Outcome,
     problems::Problem,
     protocol,
     store::IdempotencyStore,
@@ -122,12 +124,14 @@ where
             Ok(None) if !self.config.key_required => {
                 return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
             }
-            Ok(None) => return respond(Problem::KeyMissing),
-            Err(error) => return respond(Problem::KeyInvalid(error.detail())),
+            Ok(None) => return respond(&self.config, Problem::KeyMissing),
+            Err(error) => return respond(&self.config, Problem::KeyInvalid(error.detail())),
         };
         // The instance polled ready is the one that must be called; keep a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // The key's hash is recorded on the span once the protocol has derived it.
+        let span = tracing::debug_span!("idempotency", key = tracing::field::Empty);
         let future = protocol::run(
             inner,
             Arc::clone(&self.store),
@@ -135,14 +139,15 @@ where
             key,
             req,
         );
-        ResponseFuture::guarded(Box::pin(future))
+        ResponseFuture::guarded(Box::pin(future.instrument(span)))
     }
 }
 
-fn respond<F, B, E>(problem: Problem) -> ResponseFuture<F, B, E> {
+fn respond<F, B, E>(config: &Config, problem: Problem) -> ResponseFuture<F, B, E> {
     tracing::debug!(
         status = problem.status().as_u16(),
         "idempotency: request refused"
     );
+    config.observe(Outcome::Refused);
     ResponseFuture::ready(problem.into_response())
 }

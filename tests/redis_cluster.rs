@@ -20,7 +20,9 @@ async fn records_land_on_every_primary_and_replay_from_it() {
         assert_eq!(answer.status, StatusCode::CREATED);
     }
     for n in 0..60 {
-        assert!(send(&svc, post("/orders", Some(&format!("key-{n}")), "{}")).await.replayed());
+        assert!(send(&svc, post("/orders", Some(&format!("key-{n}")), "{}"))
+            .await
+            .replayed());
     }
     assert_eq!(handler.executions(), 60);
 
