@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Runs every check CI runs, on a fresh Debian machine: installs redis-server when it is missing,
-# then formatting, lints, the docs, and the whole test suite (which spawns its own Redis servers).
+# Runs every check CI runs, on a fresh Debian machine: installs redis-server and PostgreSQL when
+# they are missing, then formatting, lints, the docs, and the whole test suite (which spawns its
+# own Redis servers, Redis clusters and PostgreSQL clusters).
 #
 #   ./scripts/test.sh
 #
-# Set REDIS_URL to test against a server you run yourself instead of spawned ones.
+# Set REDIS_URL (or REDIS_CLUSTER_URLS, DATABASE_URL) to test against servers you run yourself
+# instead of spawned ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+need=()
 if [ -z "${REDIS_URL:-}" ] && [ -z "${REDIS_SERVER_BIN:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
-  echo "==> redis-server not found: installing Debian's redis-server"
+  need+=(redis-server)
+fi
+if [ -z "${DATABASE_URL:-}" ] && [ -z "${PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing Debian's ${need[*]}"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 echo "==> cargo fmt --check"
@@ -24,7 +33,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 
 echo "==> each feature on its own"
-for features in "" "memory" "redis"; do
+for features in "" "memory" "redis" "redis-cluster" "postgres"; do
   cargo clippy -q --lib --no-default-features --features "$features" -- -D warnings
 done
 

@@ -58,6 +58,7 @@
 //! - `redis` (default): [`RedisStore`].
 //! - `memory` (default): [`MemoryStore`].
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
+//! - `postgres`: `PostgresStore`, records in PostgreSQL through sqlx.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
@@ -100,3 +101,5 @@ pub use store::{
 pub use store::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
+#[cfg(feature = "postgres")]
+pub use store::{PostgresStore, MIGRATION};

@@ -51,3 +51,8 @@ conformance! {
 conformance! {
     redis_cluster => common::cluster_store;
 }
+
+#[cfg(feature = "postgres")]
+conformance! {
+    postgres => common::postgres_store;
+}

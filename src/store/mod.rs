@@ -21,6 +21,8 @@ mod token;
 
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod replay_cache;
@@ -36,6 +38,9 @@ pub use self::redis::RedisStore;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{PostgresStore, MIGRATION};
 
 /// What [`IdempotencyStore::begin`] found, decided in one atomic step.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -324,3 +324,17 @@ pub async fn cluster_store() -> (
         .with_key_prefix(unique_prefix("cluster"));
     (store, cluster)
 }
+
+/// A PostgreSQL store on a throwaway cluster, migrated.
+#[cfg(feature = "postgres")]
+pub async fn postgres_store() -> (tower_idempotency::PostgresStore, test_support::TestPostgres) {
+    let pg = tokio::task::spawn_blocking(test_support::TestPostgres::start)
+        .await
+        .expect("PostgreSQL start-up");
+    let pool = sqlx::PgPool::connect(pg.url())
+        .await
+        .expect("connect to the test PostgreSQL");
+    let store = tower_idempotency::PostgresStore::new(pool);
+    store.migrate().await.expect("migrate");
+    (store, pg)
+}

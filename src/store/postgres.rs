@@ -1,0 +1,257 @@
+//! The PostgreSQL store: records in the database you already run, one statement per step.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use sqlx::{postgres::PgRow, PgPool, Row};
+
+use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use crate::{
+    fingerprint::Fingerprint,
+    response::{CompletedRecord, DecodeError},
+};
+
+/// The schema, as shipped in `migrations/0001_idempotency_records.sql`.
+pub const MIGRATION: &str = include_str!("../../migrations/0001_idempotency_records.sql");
+
+/// How often `begin` retries when a concurrent insert was not yet visible to its snapshot.
+const BEGIN_ATTEMPTS: usize = 5;
+
+/// Keeps records in PostgreSQL, on an sqlx pool you already have.
+///
+/// One table with a unique key; `begin` is one statement (`INSERT ... ON CONFLICT DO UPDATE ...
+/// WHERE expired`), and `complete`, `release` and `renew` are token-checked `UPDATE`/`DELETE`s.
+/// Expiry is honoured on every read, by the database's clock; [`PostgresStore::reap_expired`]
+/// (or [`PostgresStore::spawn_reaper`]) deletes old rows. Fencing tokens come from one
+/// sequence, so they grow per key.
+///
+/// ```no_run
+/// use tower_idempotency::{IdempotencyLayer, PostgresStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::PgPool::connect("postgres://app@localhost/app").await?;
+/// let store = PostgresStore::new(pool);
+/// store.migrate().await?; // or ship MIGRATION with your own migrations
+/// store.spawn_reaper(std::time::Duration::from_secs(60));
+/// let layer = IdempotencyLayer::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    queries: Arc<Queries>,
+}
+
+struct Queries {
+    begin: String,
+    complete: String,
+    release: String,
+    renew: String,
+    reap: String,
+}
+
+impl Queries {
+    fn for_table(table: &str) -> Self {
+        Self {
+            begin: format!(
+                "WITH acquired AS (
+                    INSERT INTO {table} AS t (key, state, fingerprint, token, record, expires_at)
+                    VALUES ($1, 'p', $2, $3, NULL, now() + $4 * interval '1 millisecond')
+                    ON CONFLICT (key) DO UPDATE
+                        SET state = 'p', fingerprint = EXCLUDED.fingerprint,
+                            token = EXCLUDED.token, record = NULL,
+                            expires_at = EXCLUDED.expires_at
+                        WHERE t.expires_at <= now()
+                    RETURNING nextval('{table}_fence') AS fence
+                )
+                SELECT 'a' AS outcome, fence, NULL::bytea AS fingerprint, NULL::text AS state,
+                       NULL::bytea AS record, NULL::bigint AS remaining_ms
+                FROM acquired
+                UNION ALL
+                SELECT 'e', NULL, fingerprint, state, record,
+                       (extract(epoch FROM expires_at - now()) * 1000)::bigint
+                FROM {table}
+                WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM acquired)"
+            ),
+            complete: format!(
+                "UPDATE {table}
+                 SET state = 'c', record = $3, token = NULL,
+                     expires_at = now() + $4 * interval '1 millisecond'
+                 WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
+            ),
+            release: format!(
+                "DELETE FROM {table}
+                 WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
+            ),
+            renew: format!(
+                "UPDATE {table} SET expires_at = now() + $3 * interval '1 millisecond'
+                 WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
+            ),
+            reap: format!(
+                "DELETE FROM {table} WHERE key IN (
+                    SELECT key FROM {table} WHERE expires_at <= now() LIMIT 10000
+                 )"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Uses the `idempotency_records` table (see [`MIGRATION`]) through `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            queries: Arc::new(Queries::for_table("idempotency_records")),
+        }
+    }
+
+    /// Creates the table, its index and its fencing sequence if they do not exist.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql(MIGRATION)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    /// Deletes up to 10 000 expired rows; returns how many went. Reads ignore expired rows
+    /// anyway: this only keeps the table small.
+    pub async fn reap_expired(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(&self.queries.reap)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Runs [`reap_expired`](Self::reap_expired) every `every` on the current Tokio runtime,
+    /// until the returned handle is aborted.
+    pub fn spawn_reaper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every.max(Duration::from_millis(1)));
+            loop {
+                ticker.tick().await;
+                if let Err(error) = store.reap_expired().await {
+                    tracing::warn!(%error, "idempotency: reaping expired records failed");
+                }
+            }
+        })
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn parse_begin(row: &PgRow, fingerprint: &Fingerprint) -> Result<BeginOutcome, StoreError> {
+    let get = |e: sqlx::Error| StoreError::backend(e);
+    let outcome: String = row.try_get("outcome").map_err(get)?;
+    if outcome == "a" {
+        let fence: i64 = row.try_get("fence").map_err(get)?;
+        return Ok(BeginOutcome::Acquired {
+            fencing_token: FencingToken::new(u64::try_from(fence).unwrap_or(0)),
+        });
+    }
+    let stored: Vec<u8> = row.try_get("fingerprint").map_err(get)?;
+    let remaining: Option<i64> = row.try_get("remaining_ms").map_err(get)?;
+    let remaining = remaining
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(Duration::from_millis);
+    if stored != fingerprint.as_bytes() {
+        return Ok(BeginOutcome::Mismatch);
+    }
+    let state: String = row.try_get("state").map_err(get)?;
+    match state.as_str() {
+        "c" => {
+            let record: Option<Vec<u8>> = row.try_get("record").map_err(get)?;
+            let record = record.ok_or(DecodeError::Truncated)?;
+            Ok(BeginOutcome::Completed {
+                record: CompletedRecord::decode(&record)?,
+                expires_in: remaining,
+            })
+        }
+        "p" => Ok(BeginOutcome::InProgress {
+            retry_after: remaining,
+        }),
+        _ => Err(StoreError::Corrupt(DecodeError::Invalid("record state"))),
+    }
+}
+
+impl IdempotencyStore for PostgresStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        for _ in 0..BEGIN_ATTEMPTS {
+            let row = sqlx::query(&self.queries.begin)
+                .bind(&key.as_bytes()[..])
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(&token.to_bytes()[..])
+                .bind(millis(lease))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+            // No row: a concurrent insert won, after this statement's snapshot was taken.
+            if let Some(row) = row {
+                return parse_begin(&row, fingerprint);
+            }
+        }
+        Err(StoreError::backend(
+            "begin found neither a free key nor a visible record; retries exhausted",
+        ))
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        _fingerprint: &Fingerprint,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.queries.complete)
+            .bind(&key.as_bytes()[..])
+            .bind(&token.to_bytes()[..])
+            .bind(&record.encode()[..])
+            .bind(millis(ttl))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.queries.release)
+            .bind(&key.as_bytes()[..])
+            .bind(&token.to_bytes()[..])
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&self.queries.renew)
+            .bind(&key.as_bytes()[..])
+            .bind(&token.to_bytes()[..])
+            .bind(millis(lease))
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
