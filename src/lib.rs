@@ -95,6 +95,7 @@ pub use scope::MakeScope;
 pub use service::IdempotencyService;
 pub use store::{
     BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayCache, StoreError, StoreKey,
+    TieredStore,
 };
 
 #[cfg(feature = "memory")]

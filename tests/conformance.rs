@@ -55,4 +55,5 @@ conformance! {
 #[cfg(feature = "postgres")]
 conformance! {
     postgres => common::postgres_store;
+    tiered => common::tiered_store;
 }

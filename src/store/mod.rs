@@ -26,10 +26,12 @@ mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod replay_cache;
+mod tiered;
 
 pub use error::StoreError;
 pub use key::StoreKey;
 pub use replay_cache::ReplayCache;
+pub use tiered::TieredStore;
 pub use token::{FencingToken, LeaseToken};
 
 #[cfg(feature = "redis")]
@@ -121,4 +123,32 @@ pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
         token: &LeaseToken,
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The completed record for `key`, if this store has one, without acquiring anything:
+    /// [`BeginOutcome::Completed`] or [`BeginOutcome::Mismatch`], else `None`.
+    ///
+    /// Used by [`TieredStore`] to ask its fast tier. The default knows nothing.
+    fn peek(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+    ) -> impl Future<Output = Result<Option<BeginOutcome>, StoreError>> + Send {
+        let _ = (key, fingerprint);
+        async { Ok(None) }
+    }
+
+    /// Keeps a record another store completed, for `ttl`, as a cache would.
+    ///
+    /// Used by [`TieredStore`] to fill its fast tier; returns whether the record was kept. The
+    /// default keeps nothing.
+    fn put_completed(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (key, fingerprint, record, ttl);
+        async { Ok(false) }
+    }
 }

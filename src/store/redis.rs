@@ -63,11 +63,29 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// A completed record, read-only: `{1, record, pttl}`, `{3}` (another fingerprint) or `{0}`.
+const PEEK: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) ~= 99 or #v < 33 then return {0} end
+if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
+return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])}
+";
+
+/// Keep a record completed elsewhere, unless a request holds this key here.
+const PUT_COMPLETED: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.byte(v, 1) == 112 then return 0 end
+redis.call('SET', KEYS[1], 'c' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
 struct Scripts {
     begin: Script,
     complete: Script,
     release: Script,
     renew: Script,
+    peek: Script,
+    put_completed: Script,
 }
 
 impl Scripts {
@@ -77,9 +95,12 @@ impl Scripts {
             complete: Script::new(COMPLETE),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
+            peek: Script::new(PEEK),
+            put_completed: Script::new(PUT_COMPLETED),
         }
     }
 
+    /// The scripts every request may need; the tier scripts load on first use.
     fn all(&self) -> [&Script; 4] {
         [&self.begin, &self.complete, &self.release, &self.renew]
     }
@@ -236,6 +257,13 @@ fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
     }
 }
 
+fn parse_peek(value: Value) -> Result<Option<BeginOutcome>, StoreError> {
+    match &value {
+        Value::Array(items) if matches!(items.as_slice(), [Value::Int(0)]) => Ok(None),
+        _ => parse_begin(value).map(Some),
+    }
+}
+
 fn parse_flag(what: &'static str, value: Value) -> Result<bool, StoreError> {
     match value {
         Value::Int(1) => Ok(true),
@@ -317,6 +345,42 @@ where
             .await
             .map_err(StoreError::backend)?;
         parse_flag("renew", reply)
+    }
+
+    async fn peek(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<BeginOutcome>, StoreError> {
+        let mut invocation = self.scripts.peek.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .arg(&fingerprint.as_bytes()[..]);
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_peek(reply)
+    }
+
+    async fn put_completed(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.scripts.put_completed.prepare_invoke();
+        invocation
+            .key(self.record_key(key))
+            .arg(&fingerprint.as_bytes()[..])
+            .arg(&record.encode()[..])
+            .arg(millis(ttl));
+        let reply: Value = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        parse_flag("put_completed", reply)
     }
 }
 

@@ -338,3 +338,17 @@ pub async fn postgres_store() -> (tower_idempotency::PostgresStore, test_support
     store.migrate().await.expect("migrate");
     (store, pg)
 }
+
+/// Redis in front of PostgreSQL.
+#[cfg(feature = "postgres")]
+pub async fn tiered_store() -> (
+    tower_idempotency::TieredStore<RedisStore, tower_idempotency::PostgresStore>,
+    (TestRedis, test_support::TestPostgres),
+) {
+    let (fast, redis) = redis_store().await;
+    let (durable, pg) = postgres_store().await;
+    (
+        tower_idempotency::TieredStore::new(fast, durable),
+        (redis, pg),
+    )
+}
