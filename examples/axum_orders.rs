@@ -14,12 +14,15 @@
 //! ```
 //!
 //! Environment: `BIND` (default 127.0.0.1:3000); `REDIS_URL` to keep records in Redis (default:
-//! in memory); `ORDER_DELAY_MS` (default 300), how long creating an order takes;
+//! in memory); `DATABASE_URL` for PostgreSQL (feature `postgres`), and with both,
+//! `IDEMPOTENCY_STORE=tiered` for Redis in front of PostgreSQL; `ORDER_DELAY_MS` (default 300), how long creating an order takes;
 //! `IDEMPOTENCY_CONFLICT` = `reject` (default) or `wait`; `IDEMPOTENCY_LEASE_MS`;
 //! `IDEMPOTENCY_TTL_S`.
 
 #[path = "support/orders.rs"]
 mod orders;
+#[path = "support/store.rs"]
+mod store;
 
 use axum::{
     body::Bytes,
@@ -30,7 +33,6 @@ use axum::{
     Json, Router,
 };
 use orders::{problem, OrderBook, Settings};
-use tower_idempotency::{IdempotencyLayer, MemoryStore, RedisStore};
 
 #[derive(Clone)]
 struct App {
@@ -51,19 +53,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Only creating an order is covered; reads need no key.
     let create = post(create_order);
-    let (create, store) = match &settings.redis_url {
-        Some(url) => {
-            let store = RedisStore::connect(url).await?;
-            (
-                create.layer(settings.configure(IdempotencyLayer::new(store))),
-                "redis",
-            )
-        }
-        None => (
-            create.layer(settings.configure(IdempotencyLayer::new(MemoryStore::new()))),
-            "memory",
-        ),
-    };
+    let (layer, store) = settings.layer().await?;
+    let create = create.layer(layer);
     let router = Router::new()
         .route("/orders", create.get(list_orders))
         .route("/orders/{id}", get(get_order))

@@ -7,11 +7,14 @@
 //! cargo run --example hyper_orders
 //! ```
 //!
-//! It reads the same environment as `axum_orders` (`BIND`, `REDIS_URL`, `ORDER_DELAY_MS`,
+//! It reads the same environment as `axum_orders` (`BIND`, `REDIS_URL`, `DATABASE_URL`,
+//! `IDEMPOTENCY_STORE`, `ORDER_DELAY_MS`,
 //! `IDEMPOTENCY_CONFLICT`, `IDEMPOTENCY_LEASE_MS`, `IDEMPOTENCY_TTL_S`).
 
 #[path = "support/orders.rs"]
 mod orders;
+#[path = "support/store.rs"]
+mod store;
 
 use std::{convert::Infallible, time::Duration};
 
@@ -26,7 +29,7 @@ use hyper_util::{
 };
 use orders::{problem, OrderBook, Settings};
 use tower::ServiceBuilder;
-use tower_idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore, RedisStore, RequestBody};
+use tower_idempotency::{IdempotencyLayer, IdempotencyStore, RequestBody};
 
 #[tokio::main]
 async fn main() {
@@ -35,25 +38,8 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::from_env()?;
-    match &settings.redis_url {
-        Some(url) => {
-            let store = RedisStore::connect(url).await?;
-            serve(
-                &settings,
-                settings.configure(IdempotencyLayer::new(store)),
-                "redis",
-            )
-            .await
-        }
-        None => {
-            serve(
-                &settings,
-                settings.configure(IdempotencyLayer::new(MemoryStore::new())),
-                "memory",
-            )
-            .await
-        }
-    }
+    let (layer, store) = settings.layer().await?;
+    serve(&settings, layer, store).await
 }
 
 async fn serve<St: IdempotencyStore>(

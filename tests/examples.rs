@@ -52,6 +52,8 @@ async fn start(name: &str, redis: Option<&TestRedis>, extra: &[(&str, &str)]) ->
         .env("ORDER_DELAY_MS", "500")
         .env("RUST_LOG", "warn")
         .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("IDEMPOTENCY_STORE")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(redis) = redis {
@@ -299,4 +301,65 @@ async fn the_lease_comes_from_the_environment() {
     // Retry-After is the rest of the running lease: at most 4 s here, 30 s by default.
     let retry_after: u64 = conflict.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=4).contains(&retry_after), "Retry-After {retry_after}");
+}
+
+/// Two instances sharing one PostgreSQL (one of them with Redis in front): concurrent duplicates
+/// spread across both create each order exactly once.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_create_each_order_once() {
+    let pg = tokio::task::spawn_blocking(test_support::TestPostgres::start)
+        .await
+        .unwrap();
+    let redis = TestRedis::start_own().await;
+    // One after the other: both run the migration at start-up.
+    let plain = start("axum_orders", None, &[("DATABASE_URL", pg.url())]).await;
+    let tiered = start(
+        "axum_orders",
+        Some(&redis),
+        &[("DATABASE_URL", pg.url()), ("IDEMPOTENCY_STORE", "tiered")],
+    )
+    .await;
+
+    const KEYS: usize = 8;
+    let mut requests = tokio::task::JoinSet::new();
+    for n in 0..KEYS * 6 {
+        let addr = if n % 2 == 0 {
+            plain.addr.clone()
+        } else {
+            tiered.addr.clone()
+        };
+        let key = format!("shared-{}", n % KEYS);
+        requests.spawn(async move {
+            (
+                key.clone(),
+                request(&addr, "POST", "/orders", Some(&key), ORDER).await,
+            )
+        });
+    }
+    let mut first_runs = std::collections::HashMap::new();
+    for (key, reply) in requests.join_all().await {
+        match reply.status {
+            201 if reply.header("idempotent-replayed").is_none() => {
+                *first_runs.entry(key).or_insert(0) += 1
+            }
+            201 | 409 => {}
+            status => panic!("{key} got {status}: {}", reply.body),
+        }
+    }
+    assert_eq!(first_runs.len(), KEYS);
+    assert!(first_runs.values().all(|&runs| runs == 1), "{first_runs:?}");
+    let mut orders = 0;
+    for example in [&plain, &tiered] {
+        let list = request(&example.addr, "GET", "/orders", None, "").await;
+        orders += serde_json::from_str::<serde_json::Value>(&list.body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len();
+    }
+    assert_eq!(
+        orders, KEYS,
+        "each order was created once, on one instance or the other"
+    );
 }

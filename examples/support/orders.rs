@@ -15,6 +15,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tower_idempotency::{ConflictPolicy, IdempotencyLayer};
 
+use crate::store::AnyStore;
+
 /// Sets up logging (`RUST_LOG`, default `info,tower_idempotency=debug`), runs the example, and
 /// exits with status 1 and the error on failure.
 pub(crate) async fn main(
@@ -37,6 +39,8 @@ pub(crate) async fn main(
 pub(crate) struct Settings {
     pub(crate) bind: SocketAddr,
     pub(crate) redis_url: Option<String>,
+    pub(crate) database_url: Option<String>,
+    pub(crate) tiered: bool,
     pub(crate) order_delay: Duration,
     pub(crate) conflict: ConflictPolicy,
     pub(crate) lease: Option<Duration>,
@@ -65,6 +69,14 @@ impl Settings {
         Ok(Self {
             bind,
             redis_url: var("REDIS_URL"),
+            database_url: var("DATABASE_URL"),
+            tiered: match var("IDEMPOTENCY_STORE").as_deref() {
+                None => false,
+                Some("tiered") => true,
+                Some(other) => {
+                    return Err(format!("IDEMPOTENCY_STORE: expected tiered, got {other:?}"))
+                }
+            },
             order_delay: Duration::from_millis(number("ORDER_DELAY_MS")?.unwrap_or(300)),
             conflict,
             lease: number("IDEMPOTENCY_LEASE_MS")?.map(Duration::from_millis),
@@ -72,9 +84,18 @@ impl Settings {
         })
     }
 
-    /// The layer every covered route gets: keys required, the chosen policy, lease and TTL.
-    pub(crate) fn configure<St>(&self, layer: IdempotencyLayer<St>) -> IdempotencyLayer<St> {
-        let mut layer = layer
+    /// The layer every covered route gets: the store from the environment, keys required, the
+    /// chosen policy, lease and TTL. Also names the store, for the start-up log.
+    pub(crate) async fn layer(
+        &self,
+    ) -> Result<(IdempotencyLayer<AnyStore>, &'static str), Box<dyn std::error::Error>> {
+        let (store, name) = AnyStore::from_env(
+            self.redis_url.as_deref(),
+            self.database_url.as_deref(),
+            self.tiered,
+        )
+        .await?;
+        let mut layer = IdempotencyLayer::new(store)
             .with_key_required(true)
             .with_conflict_policy(self.conflict);
         if let Some(lease) = self.lease {
@@ -83,7 +104,7 @@ impl Settings {
         if let Some(ttl) = self.result_ttl {
             layer = layer.with_result_ttl(ttl);
         }
-        layer
+        Ok((layer, name))
     }
 }
 
