@@ -11,7 +11,8 @@
 //! - The running request holds a lease on its key, renewed while the handler runs, and carries a
 //!   [`FencingToken`] its handler can pass to its own database.
 //! - Records live in an [`IdempotencyStore`]: [`RedisStore`] for many instances, [`MemoryStore`]
-//!   for one.
+//!   for one, `PostgresStore` (feature `postgres`) in your database, [`TieredStore`] for Redis in
+//!   front of PostgreSQL, [`ReplayCache`] for replays without a round trip.
 //! - Errors are `application/problem+json`; see [`problems`] for every case.
 //!
 //! # Example

@@ -77,7 +77,9 @@ pub enum BeginOutcome {
 /// both see [`BeginOutcome::Acquired`]) and must check the lease token on every other call. The
 /// layer wraps each call in a timeout, so a store need not add its own.
 ///
-/// The crate ships [`MemoryStore`] (one process) and [`RedisStore`] (many).
+/// The crate ships [`MemoryStore`] (one process), [`RedisStore`] (many; Redis Cluster with the
+/// `redis-cluster` feature), `PostgresStore` (feature `postgres`), and two that wrap others:
+/// [`ReplayCache`] (a local replay tier) and [`TieredStore`] (a fast tier over a durable one).
 pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
     /// Replays, refuses, or acquires `key` for the caller, atomically.
     ///
