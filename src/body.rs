@@ -58,6 +58,13 @@ impl<B> RequestBody<B> {
     }
 }
 
+impl<B> Default for ResponseBody<B> {
+    /// An empty body, as layers such as tower-http's `TimeoutLayer` need for their own answers.
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
 impl<B> ResponseBody<B> {
     pub(crate) fn new(body: B) -> Self {
         Self {

@@ -121,7 +121,7 @@ impl Problem {
             Self::KeyMissing => "this request requires an Idempotency-Key header".to_owned(),
             Self::KeyInvalid(why) => (*why).to_owned(),
             Self::BodyTooLarge { limit } => {
-                format!("the request body is over the limit of {limit} bytes")
+                format!("the request body is over the size limit (this layer's is {limit} bytes)")
             }
             Self::BodyUnreadable => "the request body could not be read".to_owned(),
             Self::KeyReused => "this idempotency key was used with a different request".to_owned(),

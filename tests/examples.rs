@@ -363,3 +363,43 @@ async fn two_instances_on_one_database_create_each_order_once() {
         "each order was created once, on one instance or the other"
     );
 }
+
+/// The tower-http stack example: the timeout cuts off the client, not the handler; a panic is a
+/// 500 and frees the key; tower-http's body limit answers 413.
+#[tokio::test]
+async fn tower_stack_keeps_its_promises() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(example_binary("tower_stack"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("example binary (built by cargo test)")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let slow: Vec<&&str> = lines.iter().filter(|l| l.contains("[slow-1]")).collect();
+    assert!(slow[0].contains("-> 408"), "the client timed out: {stdout}");
+    assert!(
+        slow.iter()
+            .skip(1)
+            .rev()
+            .skip(1)
+            .all(|l| l.contains("-> 409")),
+        "{stdout}"
+    );
+    assert!(
+        slow.last()
+            .unwrap()
+            .contains("-> 201 Created (replayed) order created"),
+        "{stdout}"
+    );
+    let panics: Vec<&&str> = lines.iter().filter(|l| l.contains("[panic-1]")).collect();
+    assert!(panics.len() >= 2, "{stdout}");
+    assert!(
+        panics.last().unwrap().contains("-> 500"),
+        "the retry ran again: {stdout}"
+    );
+    assert!(lines.last().unwrap().contains("[big-1] -> 413"), "{stdout}");
+}
