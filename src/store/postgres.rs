@@ -145,6 +145,19 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Runs a token-checked statement; `true` when it touched the caller's row.
+    async fn changed_one(&self, query: PgQuery<'_>) -> Result<bool, StoreError> {
+        let done = query
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
@@ -218,25 +231,23 @@ impl IdempotencyStore for PostgresStore {
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.queries.complete)
-            .bind(&key.as_bytes()[..])
-            .bind(&token.to_bytes()[..])
-            .bind(&record.encode()[..])
-            .bind(millis(ttl))
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            sqlx::query(&self.queries.complete)
+                .bind(&key.as_bytes()[..])
+                .bind(&token.to_bytes()[..])
+                .bind(&record.encode()[..])
+                .bind(millis(ttl)),
+        )
+        .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.queries.release)
-            .bind(&key.as_bytes()[..])
-            .bind(&token.to_bytes()[..])
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            sqlx::query(&self.queries.release)
+                .bind(&key.as_bytes()[..])
+                .bind(&token.to_bytes()[..]),
+        )
+        .await
     }
 
     async fn renew(
@@ -245,13 +256,12 @@ impl IdempotencyStore for PostgresStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.queries.renew)
-            .bind(&key.as_bytes()[..])
-            .bind(&token.to_bytes()[..])
-            .bind(millis(lease))
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            sqlx::query(&self.queries.renew)
+                .bind(&key.as_bytes()[..])
+                .bind(&token.to_bytes()[..])
+                .bind(millis(lease)),
+        )
+        .await
     }
 }

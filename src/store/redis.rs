@@ -13,7 +13,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use redis::{aio::ConnectionLike, aio::ConnectionManager, Script, Value};
+use redis::{aio::ConnectionLike, aio::ConnectionManager, Script, ScriptInvocation, Value};
 
 use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
 use crate::{
@@ -216,6 +216,14 @@ where
     pub fn record_key(&self, key: &StoreKey) -> String {
         format!("{}{{{}}}", self.prefix, key.to_hex())
     }
+
+    /// Runs one script call (EVALSHA, or EVAL after the server lost the script).
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::backend)
+    }
 }
 
 /// Braces in a prefix would start a cluster hash tag before ours.
@@ -289,10 +297,7 @@ where
             .arg(&fingerprint.as_bytes()[..])
             .arg(&token.to_bytes()[..])
             .arg(millis(lease));
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_begin(reply)
     }
 
@@ -310,10 +315,7 @@ where
             .arg(&token.to_bytes()[..])
             .arg(&record.encode()[..])
             .arg(millis(ttl));
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_flag("complete", reply)
     }
 
@@ -322,10 +324,7 @@ where
         invocation
             .key(self.record_key(key))
             .arg(&token.to_bytes()[..]);
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_flag("release", reply)
     }
 
@@ -340,10 +339,7 @@ where
             .key(self.record_key(key))
             .arg(&token.to_bytes()[..])
             .arg(millis(lease));
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_flag("renew", reply)
     }
 
@@ -356,10 +352,7 @@ where
         invocation
             .key(self.record_key(key))
             .arg(&fingerprint.as_bytes()[..]);
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_peek(reply)
     }
 
@@ -376,10 +369,7 @@ where
             .arg(&fingerprint.as_bytes()[..])
             .arg(&record.encode()[..])
             .arg(millis(ttl));
-        let reply: Value = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
+        let reply = self.invoke(&invocation).await?;
         parse_flag("put_completed", reply)
     }
 }
