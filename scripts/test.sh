@@ -37,11 +37,15 @@ for features in "" "memory" "redis" "redis-cluster" "postgres"; do
   cargo clippy -q --lib --no-default-features --features "$features" -- -D warnings
 done
 
+echo "==> MSRV and licenses of the dependencies"
+python3 scripts/check_deps.py
+
 echo "==> cargo package"
 cargo package -q --allow-dirty --no-verify
 
-echo "==> cargo doc"
+echo "==> cargo doc (as on stable, and as docs.rs builds it: --cfg docsrs marks feature-gated items)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+RUSTC_BOOTSTRAP=1 RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --no-deps --all-features
 
 echo "==> cargo test --all-features"
 cargo test --all-features

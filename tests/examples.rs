@@ -40,43 +40,53 @@ fn example_binary(name: &str) -> PathBuf {
 }
 
 async fn start(name: &str, redis: Option<&TestRedis>, extra: &[(&str, &str)]) -> Example {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut command = Command::new(example_binary(name));
-    command
-        .env("BIND", &addr)
-        .env("ORDER_DELAY_MS", "500")
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .env_remove("IDEMPOTENCY_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(redis) = redis {
-        command.env("REDIS_URL", redis.url());
+    // A free port can be taken by another test before the example binds it: the example then
+    // exits, and we try another port.
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(example_binary(name));
+        command
+            .env("BIND", &addr)
+            .env("ORDER_DELAY_MS", "500")
+            .env("RUST_LOG", "warn")
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("IDEMPOTENCY_STORE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(redis) = redis {
+            command.env("REDIS_URL", redis.url());
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let mut example = Example {
+            child: command
+                .spawn()
+                .expect("example binary (built by cargo test)"),
+            addr,
+        };
+        let deadline = tokio::time::Instant::now() + common::DEADLINE;
+        loop {
+            if example.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if TcpStream::connect(&example.addr).await.is_ok() {
+                return example;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    let example = Example {
-        child: command
-            .spawn()
-            .expect("example binary (built by cargo test)"),
-        addr,
-    };
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while TcpStream::connect(&example.addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    example
+    panic!("{name} exited at start-up five times")
 }
 
 struct Reply {

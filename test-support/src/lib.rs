@@ -313,32 +313,10 @@ impl TestCluster {
         };
         let mut ports = Vec::new();
         for _ in 0..size {
-            let port = free_cluster_port(&ports)?;
+            let (child, port) = start_cluster_node(binary, &dir, &ports)?;
             ports.push(port);
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
-            let child = Command::new(binary)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--cluster-config-file")
-                .arg(node_dir.join("nodes.conf"))
-                .arg("--dir")
-                .arg(&node_dir)
-                .arg("--logfile")
-                .arg(node_dir.join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("{}: {e}", binary.display()))?;
             cluster.nodes.push(child);
             cluster.urls.push(format!("redis://127.0.0.1:{port}"));
-        }
-        for &port in &ports {
-            wait_until(Duration::from_secs(10), "answer PING", || {
-                Ok(ask_tcp(port, "PING")? == "+PONG\r\n")
-            })?;
         }
         let cli = binary.with_file_name("redis-cli");
         let cli = if cli.is_file() {
@@ -385,6 +363,52 @@ impl Drop for TestCluster {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Starts one cluster node on a free port pair and waits until it answers as itself: a port can
+/// be taken by another test between choosing and binding it, so a node that dies, or a port
+/// answered by another process, means trying another port.
+fn start_cluster_node(binary: &Path, dir: &Path, taken: &[u16]) -> Result<(Child, u16), String> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let port = free_cluster_port(taken)?;
+        let node_dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
+        let mut child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--cluster-config-file")
+            .arg(node_dir.join("nodes.conf"))
+            .arg("--dir")
+            .arg(&node_dir)
+            .arg("--logfile")
+            .arg(node_dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let ours = format!("process_id:{}\r\n", child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                last = format!("node on port {port} exited ({status})");
+                break;
+            }
+            if ask_tcp(port, "INFO server").is_ok_and(|info| info.contains(&ours)) {
+                return Ok((child, port));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                last = format!("node on port {port} did not answer within 10 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Err(format!("no cluster node would start: {last}"))
 }
 
 /// A port whose cluster bus port (port + 10000) is free too.
