@@ -143,9 +143,7 @@ impl PostgresStore {
             }
         })
     }
-}
 
-impl PostgresStore {
     /// Runs a token-checked statement; `true` when it touched the caller's row.
     async fn changed_one(&self, query: PgQuery<'_>) -> Result<bool, StoreError> {
         let done = query
