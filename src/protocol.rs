@@ -265,24 +265,73 @@ where
         Ok(true) => {
             guard.disarm();
             tracing::debug!(key = %key, "idempotency: recorded");
-            config.observe(if matches!(record, CompletedRecord::Tombstone { .. }) {
-                Outcome::Tombstoned
-            } else {
-                Outcome::Recorded
-            });
+            config.observe(recorded(&record));
         }
         Ok(false) => {
             guard.disarm();
             tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
             config.observe(Outcome::LeaseLost);
         }
-        // The guard releases on drop: the in-progress record must not outlive this request.
+        // The handler ran: releasing now would let a retry run it again. The lease stays, so
+        // retries get 409, and the record is written again in the background.
         Err(error) => {
-            tracing::error!(key = %key, %error, "idempotency: could not record the response");
+            guard.disarm();
+            tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
             config.observe(Outcome::StoreFailed);
+            let retry = record_later(store, config, key, token, fingerprint, record);
+            tokio::spawn(retry.in_current_span());
         }
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// What landing `record` in the store is called.
+fn recorded(record: &CompletedRecord) -> Outcome {
+    match record {
+        CompletedRecord::Tombstone { .. } => Outcome::Tombstoned,
+        CompletedRecord::Response(_) => Outcome::Recorded,
+    }
+}
+
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Writes a record whose `complete` failed (a store outage, a failover) until it lands, the
+/// store refuses it, or a lease's length has gone by. Token-checked like every `complete`: once
+/// the lease is over, it can only fail.
+async fn record_later<St: IdempotencyStore>(
+    store: Arc<St>,
+    config: Arc<Config>,
+    key: StoreKey,
+    token: LeaseToken,
+    fingerprint: Fingerprint,
+    record: CompletedRecord,
+) {
+    let deadline = Instant::now() + config.lease_ttl;
+    let mut delay = RECORD_RETRY_FIRST;
+    let mut attempts = 1u32;
+    while Instant::now() + delay < deadline {
+        sleep(delay).await;
+        delay = (delay * 2).min(RECORD_RETRY_MAX);
+        attempts += 1;
+        let call = store.complete(&key, &token, &fingerprint, &record, config.result_ttl);
+        match timed(config.store_timeout, call).await {
+            Ok(true) => {
+                tracing::info!(key = %key, attempts, "idempotency: recorded after retrying");
+                config.observe(recorded(&record));
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+                config.observe(Outcome::LeaseLost);
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(key = %key, %error, attempts, "idempotency: recording failed again")
+            }
+        }
+    }
+    tracing::error!(key = %key, attempts, "idempotency: could not record the response; once its lease ends, a retry runs the handler again");
 }
 
 /// Drives `handler` while renewing the lease every third of its length.

@@ -172,3 +172,57 @@ async fn a_lost_lease_is_logged_and_the_old_holder_cannot_overwrite_the_new_one(
     assert_ne!(replay.body, first.body);
     assert_eq!(handler.executions(), 2);
 }
+
+/// Redis refuses writes (out of memory) just as the handler finishes: the response still goes
+/// out, the key stays locked (no release: the side effect happened), and the record is written
+/// in the background once Redis takes writes again. Retries replay; the handler ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_fails_to_land_is_written_again_and_never_rerun() {
+    logs::capture();
+    let redis = TestRedis::start_own().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let handler = Handler::new();
+    // A short lease: were the key released, or left to its lease, the retry below would run
+    // the handler a second time within the test's deadline.
+    let layer = IdempotencyLayer::new(store).with_lease_ttl(Duration::from_millis(1500));
+    let svc = handler.service(layer);
+    let hash = StoreKey::derive(None, "POST", "/gated", "oom").to_hex();
+
+    let first = tokio::spawn(send(&svc, post("/gated", Some("oom"), "{}")));
+    eventually("the handler to start", || handler.executions() == 1).await;
+    let mut admin = redis.connection().await;
+    let set_maxmemory = |bytes: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .to_owned()
+    };
+    let () = set_maxmemory("1").query_async(&mut admin).await.unwrap();
+    handler.open_gate();
+    let first = first.await.unwrap();
+    assert_eq!(
+        first.status,
+        StatusCode::CREATED,
+        "the client still gets its response"
+    );
+    eventually("the failed record to be logged", || {
+        !logs::lines_with(&["WARN", "retrying in the background", &hash]).is_empty()
+    })
+    .await;
+    let conflict = send(&svc, post("/gated", Some("oom"), "{}")).await;
+    conflict.assert_problem(StatusCode::CONFLICT, "in-progress");
+
+    let () = set_maxmemory("0").query_async(&mut admin).await.unwrap();
+    let replay = send_until_not(&svc, StatusCode::CONFLICT, || {
+        post("/gated", Some("oom"), "{}")
+    })
+    .await;
+    assert!(replay.replayed(), "got {} {}", replay.status, replay.text());
+    assert_eq!(replay.body, first.body);
+    assert_eq!(handler.executions(), 1);
+    assert_eq!(
+        logs::lines_with(&["INFO", "recorded after retrying", &hash]).len(),
+        1
+    );
+}
