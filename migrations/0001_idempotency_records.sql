@@ -6,7 +6,7 @@ CREATE TABLE IF NOT EXISTS idempotency_records (
     -- 'p' while a request holds the lease, 'c' once its response is recorded.
     state        text        NOT NULL CHECK (state IN ('p', 'c')),
     fingerprint  bytea       NOT NULL,
-    -- The holder's lease token, while in progress.
+    -- The holder's lease token; kept once completed, so that a complete sent twice succeeds.
     token        bytea,
     -- The encoded response (tower-idempotency's versioned format), once completed.
     record       bytea,

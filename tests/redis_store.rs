@@ -87,6 +87,36 @@ async fn a_first_execution_costs_two_round_trips_and_a_replay_one() {
     assert_eq!(handler.executions(), 1);
 }
 
+/// Asked to wait for a replica that does not exist, the store refuses to let a handler run:
+/// 503, the handler untouched, and the lock it took released at once.
+#[tokio::test]
+async fn without_the_replicas_it_waits_for_no_handler_runs() {
+    let redis = TestRedis::start_own().await;
+    let plain = RedisStore::connect(redis.url()).await.unwrap();
+    let store = plain
+        .clone()
+        .with_replica_acks(1, std::time::Duration::from_millis(20));
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let mut round_trips = RoundTrips::watch(&redis).await;
+
+    let refused = send(&svc, post("/orders", Some("k"), "{}")).await;
+    refused.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
+    assert_eq!(handler.executions(), 0);
+    // begin (with WAIT in the same round trip), then the release.
+    let sent = round_trips.since_last().await;
+    assert_eq!(sent[..2], ["EVALSHA", "WAIT"]);
+
+    // Released: a store that does not wait may take the key at once.
+    let svc = handler.service(IdempotencyLayer::new(plain));
+    let answer = common::send_until_not(&svc, StatusCode::CONFLICT, || {
+        post("/orders", Some("k"), "{}")
+    })
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(handler.executions(), 1);
+}
+
 #[tokio::test]
 async fn scripts_are_reloaded_after_the_server_forgets_them() {
     let redis = TestRedis::start_own().await;

@@ -19,6 +19,14 @@ pub enum StoreError {
     Corrupt(DecodeError),
     /// The store is full of live records and will not evict one.
     Capacity,
+    /// A write reached fewer replicas than the store was asked to wait for, so a failover could
+    /// lose it (see `RedisStore::with_replica_acks`).
+    Unreplicated {
+        /// Replicas that confirmed the write in time.
+        acked: u64,
+        /// Replicas the store waits for.
+        wanted: u32,
+    },
 }
 
 impl StoreError {
@@ -35,6 +43,10 @@ impl fmt::Display for StoreError {
             Self::Timeout => f.write_str("idempotency store call timed out"),
             Self::Corrupt(e) => write!(f, "idempotency record is corrupt: {e}"),
             Self::Capacity => f.write_str("idempotency store is full of live records"),
+            Self::Unreplicated { acked, wanted } => write!(
+                f,
+                "idempotency store write reached {acked} of {wanted} replicas in time"
+            ),
         }
     }
 }
@@ -44,7 +56,7 @@ impl Error for StoreError {
         match self {
             Self::Backend(e) => Some(e.as_ref()),
             Self::Corrupt(e) => Some(e),
-            Self::Timeout | Self::Capacity => None,
+            Self::Timeout | Self::Capacity | Self::Unreplicated { .. } => None,
         }
     }
 }

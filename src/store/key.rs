@@ -42,6 +42,11 @@ impl StoreKey {
     pub fn to_hex(&self) -> String {
         crate::hex::encode(&self.0)
     }
+
+    /// [`to_hex`](Self::to_hex) without the allocation.
+    pub(crate) fn hex_digits(&self) -> [u8; 64] {
+        crate::hex::encode_32(&self.0)
+    }
 }
 
 pub(crate) fn update_prefixed(hasher: &mut Sha256, bytes: &[u8]) {
@@ -57,7 +62,8 @@ impl fmt::Debug for StoreKey {
 
 impl fmt::Display for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex_digits()).unwrap_or_default())
     }
 }
 

@@ -74,9 +74,10 @@ impl Queries {
             ),
             complete: format!(
                 "UPDATE {table}
-                 SET state = 'c', record = $3, token = NULL,
+                 SET state = 'c', record = $3,
                      expires_at = now() + $4 * interval '1 millisecond'
-                 WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
+                 WHERE key = $1 AND token = $2 AND (state = 'p' OR record = $3)
+                   AND expires_at > now()"
             ),
             release: format!(
                 "DELETE FROM {table}

@@ -13,7 +13,12 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use redis::{aio::ConnectionLike, aio::ConnectionManager, Script, ScriptInvocation, Value};
+use std::io::Write as _;
+
+use redis::{
+    aio::{ConnectionLike, ConnectionManager},
+    Cmd, ErrorKind, Pipeline, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value,
+};
 
 use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
 use crate::{
@@ -24,7 +29,9 @@ use crate::{
 const DEFAULT_PREFIX: &str = "idempotency:";
 
 /// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record, pttl}`,
-/// `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote).
+/// `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote). A `begin`
+/// that the client library sent twice (after a failover, say) finds its own lease and gets it
+/// back.
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -32,17 +39,21 @@ if v then
   if not ((state == 99 and #v >= 33) or (state == 112 and #v == 49)) then return {4} end
   if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
   if state == 99 then return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])} end
-  return {2, redis.call('PTTL', KEYS[1])}
+  if string.sub(v, 34) ~= ARGV[2] then return {2, redis.call('PTTL', KEYS[1])} end
 end
 local now = redis.call('TIME')
 redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
 return {0, now[1] * 1000000 + now[2]}
 ";
 
-/// Store the response in place of the caller's in-progress record.
+/// Store the response in place of the caller's in-progress record. Sending the same record again
+/// succeeds, so a `complete` whose reply was lost can be retried.
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
+if not v then return 0 end
+local state = string.byte(v, 1)
+if state == 99 and string.sub(v, 34) == ARGV[2] then return 1 end
+if state ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 33) .. ARGV[2], 'PX', ARGV[3])
 return 1
 ";
@@ -106,6 +117,14 @@ impl Scripts {
     }
 }
 
+/// How many replicas must hold a write before the store counts on it; see
+/// [`RedisStore::with_replica_acks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplicaAcks {
+    replicas: u32,
+    timeout: Duration,
+}
+
 /// Keeps records in Redis, shared by every instance of your service.
 ///
 /// A replay costs one round trip, a first execution two (`begin` and `complete`), and slow
@@ -122,17 +141,20 @@ impl Scripts {
 /// ```
 ///
 /// Any multiplexed connection works, e.g. a cluster connection, through [`RedisStore::new`].
+/// With replicas and failover, see [`RedisStore::with_replica_acks`].
 #[derive(Clone)]
 pub struct RedisStore<C = ConnectionManager> {
     conn: C,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    replica_acks: Option<ReplicaAcks>,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("replica_acks", &self.replica_acks)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +211,7 @@ where
             conn,
             prefix: Arc::from(DEFAULT_PREFIX),
             scripts: Arc::new(Scripts::new()),
+            replica_acks: None,
         }
     }
 
@@ -197,6 +220,39 @@ where
     /// Braces would start a cluster hash tag, so `{` and `}` in the prefix become `_`.
     pub fn with_key_prefix(mut self, prefix: impl AsRef<str>) -> Self {
         self.prefix = Arc::from(sanitize_prefix(prefix.as_ref()));
+        self
+    }
+
+    /// Waits, after each write that guards against a second run, until `replicas` replicas hold
+    /// it (`WAIT replicas timeout`, sent in the same round trip as the script).
+    ///
+    /// Redis replicates asynchronously: without this, a primary that dies right after a request
+    /// acquired a key can take the lock with it, the promoted replica lets a duplicate in, and
+    /// the handler runs twice. With it, the handler runs only once the lock is on `replicas`
+    /// replicas; fewer acknowledgements within `timeout` fail the request with 503 (and release
+    /// the key), and a response whose record is not yet on enough replicas is written again
+    /// until it is, within the lease. Lease renewals are confirmed the same way.
+    ///
+    /// Keep `timeout` well below the layer's store timeout. A primary with fewer live replicas
+    /// than `replicas` refuses every first execution until they come back, so ask for fewer
+    /// replicas than each primary has. This closes the window of asynchronous replication, not
+    /// every one: Redis can still lose acknowledged writes in rare failover races; for records
+    /// that must survive anything, put [`PostgresStore`](crate::PostgresStore) behind a
+    /// [`TieredStore`](crate::TieredStore).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis-cluster")]
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tower_idempotency::RedisStore;
+    ///
+    /// let store = RedisStore::connect_cluster(["redis://10.0.0.1:6379"])
+    ///     .await?
+    ///     .with_replica_acks(1, Duration::from_millis(100));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
         self
     }
 
@@ -214,15 +270,119 @@ where
 
     /// The Redis key that holds the record for `key`.
     pub fn record_key(&self, key: &StoreKey) -> String {
-        format!("{}{{{}}}", self.prefix, key.to_hex())
+        format!("{}{{{}}}", self.prefix, key)
     }
 
-    /// Runs one script call (EVALSHA, or EVAL after the server lost the script).
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)
+    /// `EVALSHA <script> 1 <record key>`, ready for the script's arguments.
+    fn evalsha(&self, script: &Script, key: &StoreKey) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(RecordKey {
+            prefix: &self.prefix,
+            key,
+        });
+        cmd
+    }
+
+    /// Runs one script call; with `confirm` and replica acks on, `WAIT` rides in the same round
+    /// trip. The script is loaded and the call sent again when the server lost it.
+    async fn invoke(&self, script: &Script, call: Cmd, confirm: bool) -> Result<Reply, StoreError> {
+        let request = match self.replica_acks.filter(|_| confirm) {
+            None => Request::Plain(call),
+            Some(acks) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(call)
+                    .cmd("WAIT")
+                    .arg(acks.replicas)
+                    .arg(millis(acks.timeout));
+                Request::Confirmed(pipe, acks.replicas)
+            }
+        };
+        let mut conn = self.conn.clone();
+        match request.send(&mut conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(StoreError::backend)?;
+                request.send(&mut conn).await
+            }
+            result => result,
+        }
+        .map_err(StoreError::backend)
+    }
+}
+
+/// `{prefix}{<hex digest>}`, written straight into the command.
+struct RecordKey<'a> {
+    prefix: &'a str,
+    key: &'a StoreKey,
+}
+
+impl ToRedisArgs for RecordKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(b"{");
+        let _ = arg.write_all(&self.key.hex_digits());
+        let _ = arg.write_all(b"}");
+    }
+}
+
+/// One script call on the wire.
+enum Request {
+    Plain(Cmd),
+    /// The script, then `WAIT` for this many replicas.
+    Confirmed(Pipeline, u32),
+}
+
+/// A script's reply, and how many replicas hold its writes when that was asked.
+struct Reply {
+    value: Value,
+    acks: Option<Acks>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Acks {
+    acked: u64,
+    wanted: u32,
+}
+
+impl Reply {
+    /// Fails when the script's write reached fewer replicas than asked.
+    fn replicated(acks: Option<Acks>) -> Result<(), StoreError> {
+        match acks {
+            Some(Acks { acked, wanted }) if acked < u64::from(wanted) => {
+                Err(StoreError::Unreplicated { acked, wanted })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Request {
+    async fn send(&self, conn: &mut impl ConnectionLike) -> RedisResult<Reply> {
+        match self {
+            Self::Plain(call) => Ok(Reply {
+                value: call.query_async(conn).await?,
+                acks: None,
+            }),
+            Self::Confirmed(pipe, wanted) => {
+                let mut values = conn.req_packed_commands(pipe, 0, 2).await?.into_iter();
+                let value = values.next().unwrap_or(Value::Nil).extract_error()?;
+                let acked = match values.next().unwrap_or(Value::Nil).extract_error()? {
+                    Value::Int(n) => u64::try_from(n).unwrap_or(0),
+                    _ => 0,
+                };
+                Ok(Reply {
+                    value,
+                    acks: Some(Acks {
+                        acked,
+                        wanted: *wanted,
+                    }),
+                })
+            }
+        }
     }
 }
 
@@ -280,6 +440,15 @@ fn parse_flag(what: &'static str, value: Value) -> Result<bool, StoreError> {
     }
 }
 
+/// A flag reply to a write that must reach the replicas when it happened.
+fn parse_confirmed_flag(what: &'static str, reply: Reply) -> Result<bool, StoreError> {
+    let done = parse_flag(what, reply.value)?;
+    if done {
+        Reply::replicated(reply.acks)?;
+    }
+    Ok(done)
+}
+
 impl<C> IdempotencyStore for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -291,14 +460,19 @@ where
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
-        let mut invocation = self.scripts.begin.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&fingerprint.as_bytes()[..])
+        let script = &self.scripts.begin;
+        let mut call = self.evalsha(script, key);
+        call.arg(&fingerprint.as_bytes()[..])
             .arg(&token.to_bytes()[..])
             .arg(millis(lease));
-        let reply = self.invoke(&invocation).await?;
-        parse_begin(reply)
+        let reply = self.invoke(script, call, true).await?;
+        let acks = reply.acks;
+        let outcome = parse_begin(reply.value)?;
+        // Only a lock must be on the replicas before the handler runs; reads need nothing.
+        if matches!(outcome, BeginOutcome::Acquired { .. }) {
+            Reply::replicated(acks)?;
+        }
+        Ok(outcome)
     }
 
     async fn complete(
@@ -309,23 +483,21 @@ where
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.scripts.complete.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&token.to_bytes()[..])
+        let script = &self.scripts.complete;
+        let mut call = self.evalsha(script, key);
+        call.arg(&token.to_bytes()[..])
             .arg(&record.encode()[..])
             .arg(millis(ttl));
-        let reply = self.invoke(&invocation).await?;
-        parse_flag("complete", reply)
+        let reply = self.invoke(script, call, true).await?;
+        parse_confirmed_flag("complete", reply)
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
-        let mut invocation = self.scripts.release.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&token.to_bytes()[..]);
-        let reply = self.invoke(&invocation).await?;
-        parse_flag("release", reply)
+        let script = &self.scripts.release;
+        let mut call = self.evalsha(script, key);
+        call.arg(&token.to_bytes()[..]);
+        let reply = self.invoke(script, call, false).await?;
+        parse_flag("release", reply.value)
     }
 
     async fn renew(
@@ -334,13 +506,11 @@ where
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.scripts.renew.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&token.to_bytes()[..])
-            .arg(millis(lease));
-        let reply = self.invoke(&invocation).await?;
-        parse_flag("renew", reply)
+        let script = &self.scripts.renew;
+        let mut call = self.evalsha(script, key);
+        call.arg(&token.to_bytes()[..]).arg(millis(lease));
+        let reply = self.invoke(script, call, true).await?;
+        parse_confirmed_flag("renew", reply)
     }
 
     async fn peek(
@@ -348,12 +518,11 @@ where
         key: &StoreKey,
         fingerprint: &Fingerprint,
     ) -> Result<Option<BeginOutcome>, StoreError> {
-        let mut invocation = self.scripts.peek.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&fingerprint.as_bytes()[..]);
-        let reply = self.invoke(&invocation).await?;
-        parse_peek(reply)
+        let script = &self.scripts.peek;
+        let mut call = self.evalsha(script, key);
+        call.arg(&fingerprint.as_bytes()[..]);
+        let reply = self.invoke(script, call, false).await?;
+        parse_peek(reply.value)
     }
 
     async fn put_completed(
@@ -363,14 +532,13 @@ where
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.scripts.put_completed.prepare_invoke();
-        invocation
-            .key(self.record_key(key))
-            .arg(&fingerprint.as_bytes()[..])
+        let script = &self.scripts.put_completed;
+        let mut call = self.evalsha(script, key);
+        call.arg(&fingerprint.as_bytes()[..])
             .arg(&record.encode()[..])
             .arg(millis(ttl));
-        let reply = self.invoke(&invocation).await?;
-        parse_flag("put_completed", reply)
+        let reply = self.invoke(script, call, false).await?;
+        parse_flag("put_completed", reply.value)
     }
 }
 

@@ -18,6 +18,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+mod cluster;
+
+pub use cluster::TestCluster;
+
 const HOW_TO_GET_REDIS: &str =
     "no Redis for the tests: install redis-server (Debian: `apt-get install -y redis-server`, \
 or run `./scripts/test.sh`, which does), set REDIS_SERVER_BIN to a redis-server binary, \
@@ -35,8 +39,10 @@ enum Kind {
     #[cfg(feature = "testcontainers")]
     Container(
         #[allow(dead_code)]
-        testcontainers_modules::testcontainers::ContainerAsync<
-            testcontainers_modules::redis::Redis,
+        Box<
+            testcontainers_modules::testcontainers::ContainerAsync<
+                testcontainers_modules::redis::Redis,
+            >,
         >,
     ),
 }
@@ -91,7 +97,7 @@ impl TestRedis {
         let port = container.get_host_port_ipv4(REDIS_PORT).await.ok()?;
         Some(Self {
             url: format!("redis://{host}:{port}"),
-            kind: Kind::Container(container),
+            kind: Kind::Container(Box::new(container)),
         })
     }
 
@@ -274,158 +280,6 @@ fn ask_tcp(port: u16, command: &str) -> std::io::Result<String> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     ask(stream, command)
-}
-
-/// A local Redis Cluster of three primaries this process started, killed on drop.
-///
-/// `REDIS_CLUSTER_URLS` (comma-separated) points the tests at a cluster you run instead.
-pub struct TestCluster {
-    urls: Vec<String>,
-    nodes: Vec<Child>,
-    dir: Option<PathBuf>,
-}
-
-impl TestCluster {
-    /// `REDIS_CLUSTER_URLS`, else three spawned `redis-server --cluster-enabled yes` nodes joined
-    /// with `redis-cli --cluster create`; panics with how to get Redis when neither works.
-    pub fn start() -> Self {
-        if let Some(urls) = std::env::var("REDIS_CLUSTER_URLS")
-            .ok()
-            .filter(|u| !u.is_empty())
-        {
-            return Self {
-                urls: urls.split(',').map(str::to_owned).collect(),
-                nodes: Vec::new(),
-                dir: None,
-            };
-        }
-        let binary = find_binary().unwrap_or_else(|| panic!("{HOW_TO_GET_REDIS}"));
-        Self::spawn(&binary, 3).unwrap_or_else(|e| panic!("the test cluster would not start: {e}"))
-    }
-
-    fn spawn(binary: &Path, size: usize) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(unique_prefix("cluster").replace(':', "-"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut cluster = Self {
-            urls: Vec::new(),
-            nodes: Vec::new(),
-            dir: Some(dir.clone()),
-        };
-        let mut ports = Vec::new();
-        for _ in 0..size {
-            let (child, port) = start_cluster_node(binary, &dir, &ports)?;
-            ports.push(port);
-            cluster.nodes.push(child);
-            cluster.urls.push(format!("redis://127.0.0.1:{port}"));
-        }
-        let cli = binary.with_file_name("redis-cli");
-        let cli = if cli.is_file() {
-            cli
-        } else {
-            PathBuf::from("redis-cli")
-        };
-        let output = Command::new(&cli)
-            .arg("--cluster")
-            .arg("create")
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{}: {e}", cli.display()))?;
-        if !output.status.success() {
-            return Err(format!(
-                "redis-cli --cluster create failed: {}",
-                String::from_utf8_lossy(&output.stdout)
-            ));
-        }
-        for &port in &ports {
-            wait_until(Duration::from_secs(20), "report cluster_state:ok", || {
-                let info = ask_tcp(port, "CLUSTER INFO")?;
-                Ok(info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384"))
-            })?;
-        }
-        Ok(cluster)
-    }
-
-    /// One URL per primary.
-    pub fn urls(&self) -> &[String] {
-        &self.urls
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-/// Starts one cluster node on a free port pair and waits until it answers as itself: a port can
-/// be taken by another test between choosing and binding it, so a node that dies, or a port
-/// answered by another process, means trying another port.
-fn start_cluster_node(binary: &Path, dir: &Path, taken: &[u16]) -> Result<(Child, u16), String> {
-    let mut last = String::new();
-    for _ in 0..10 {
-        let port = free_cluster_port(taken)?;
-        let node_dir = dir.join(port.to_string());
-        std::fs::create_dir_all(&node_dir).map_err(|e| e.to_string())?;
-        let mut child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--cluster-config-file")
-            .arg(node_dir.join("nodes.conf"))
-            .arg("--dir")
-            .arg(&node_dir)
-            .arg("--logfile")
-            .arg(node_dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
-        let ours = format!("process_id:{}\r\n", child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                last = format!("node on port {port} exited ({status})");
-                break;
-            }
-            if ask_tcp(port, "INFO server").is_ok_and(|info| info.contains(&ours)) {
-                return Ok((child, port));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                last = format!("node on port {port} did not answer within 10 s");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Err(format!("no cluster node would start: {last}"))
-}
-
-/// A port whose cluster bus port (port + 10000) is free too.
-fn free_cluster_port(taken: &[u16]) -> Result<u16, String> {
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        if port > 55_000 || taken.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err("no free port pair for a cluster node".to_owned())
 }
 
 /// A throwaway PostgreSQL cluster (initdb + pg_ctl in a temporary directory, on a unix socket),
