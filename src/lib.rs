@@ -66,6 +66,7 @@
 
 mod body;
 mod collect;
+mod detach;
 mod fingerprint;
 mod future;
 mod guard;

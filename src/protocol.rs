@@ -1,10 +1,19 @@
 //! The idempotency protocol for one covered request: DESIGN.md's request path, steps 3 to 9.
 
-use std::{error::Error, fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    error::Error,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
 use tower_service::Service;
 use tracing::Instrument;
@@ -12,6 +21,7 @@ use tracing::Instrument;
 use crate::{
     body::{RequestBody, ResponseBody},
     collect::{self, Collected},
+    detach::Detachable,
     guard::ReleaseGuard,
     key::IdempotencyKey,
     layer::Config,
@@ -88,17 +98,10 @@ where
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
             let req = Request::from_parts(parts, RequestBody::full(body));
-            // On its own task: a client that hangs up must not cut the handler off between its
-            // side effect and the record of it.
+            // A client that hangs up must not cut the handler off between its side effect and
+            // the record of it: then the execution finishes on a task of its own.
             let execution = execute(inner, store, config, guard, fingerprint, req);
-            let task = tokio::spawn(execution.instrument(tracing::Span::current()));
-            match task.await {
-                Ok(result) => result,
-                Err(error) => match error.try_into_panic() {
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    Err(_) => Ok(Problem::ResponseFailed.into_response()),
-                },
-            }
+            Detachable::new(execution.in_current_span()).await
         }
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
@@ -373,14 +376,34 @@ async fn with_renewal<St: IdempotencyStore, F: Future>(
     }
 }
 
-/// A store call bounded by the layer's store timeout.
-async fn timed<T>(
-    limit: Duration,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or(Err(StoreError::Timeout))
+pin_project! {
+    /// A store call bounded by the layer's store timeout. A plain future rather than an
+    /// `async fn`, which would keep the call in its state twice (as argument and as awaited
+    /// timeout): store calls sit in every request's state machine.
+    struct Timed<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+    }
+}
+
+impl<F, T> Future for Timed<F>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .call
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(StoreError::Timeout)))
+    }
+}
+
+fn timed<F: Future>(limit: Duration, call: F) -> Timed<F> {
+    Timed {
+        call: tokio::time::timeout(limit, call),
+    }
 }
 
 fn ceil_secs(duration: Duration) -> u64 {

@@ -30,8 +30,8 @@ type BoxError = Box<dyn Error + Send + Sync>;
 ///
 /// The inner service receives a [`RequestBody`] (the buffered body of a covered request) and
 /// answers as usual; its errors pass through unchanged, and everything the layer detects itself
-/// becomes a problem response. Needs a Tokio runtime: it times store calls and runs each first
-/// execution on its own task, so a client that hangs up cannot cut a handler off half-way.
+/// becomes a problem response. Needs a Tokio runtime: it times store calls, and moves a first
+/// execution whose client hung up to a task of its own, so it is never cut off half-way.
 pub struct IdempotencyService<S, St> {
     inner: S,
     store: Arc<St>,

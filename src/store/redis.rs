@@ -46,15 +46,15 @@ redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
 return {0, now[1] * 1000000 + now[2]}
 ";
 
-/// Store the response in place of the caller's in-progress record. Sending the same record again
-/// succeeds, so a `complete` whose reply was lost can be retried.
+/// Store the response in place of the caller's in-progress record. The client sends the whole
+/// completed value, `c`, fingerprint and record, so the script only checks the token. Sending
+/// the same value again succeeds, so a `complete` whose reply was lost can be retried.
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
-local state = string.byte(v, 1)
-if state == 99 and string.sub(v, 34) == ARGV[2] then return 1 end
-if state ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 33) .. ARGV[2], 'PX', ARGV[3])
+if v == ARGV[2] then return 1 end
+if string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
@@ -82,11 +82,12 @@ if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
 return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])}
 ";
 
-/// Keep a record completed elsewhere, unless a request holds this key here.
+/// Keep a record completed elsewhere (the whole completed value, as for `COMPLETE`), unless a
+/// request holds this key here.
 const PUT_COMPLETED: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.byte(v, 1) == 112 then return 0 end
-redis.call('SET', KEYS[1], 'c' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
@@ -329,6 +330,24 @@ impl ToRedisArgs for RecordKey<'_> {
     }
 }
 
+/// A completed record's value, `c`, the fingerprint and the encoded record, written straight
+/// into the command.
+struct CompletedValue<'a> {
+    fingerprint: &'a Fingerprint,
+    record: &'a CompletedRecord,
+}
+
+impl ToRedisArgs for CompletedValue<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let record = self.record.encode();
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(b"c");
+        let _ = arg.write_all(self.fingerprint.as_bytes());
+        let _ = arg.write_all(&record);
+    }
+}
+
 /// One script call on the wire.
 enum Request {
     Plain(Cmd),
@@ -479,14 +498,17 @@ where
         &self,
         key: &StoreKey,
         token: &LeaseToken,
-        _fingerprint: &Fingerprint,
+        fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.complete;
         let mut call = self.evalsha(script, key);
         call.arg(&token.to_bytes()[..])
-            .arg(&record.encode()[..])
+            .arg(CompletedValue {
+                fingerprint,
+                record,
+            })
             .arg(millis(ttl));
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("complete", reply)
@@ -534,9 +556,11 @@ where
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.put_completed;
         let mut call = self.evalsha(script, key);
-        call.arg(&fingerprint.as_bytes()[..])
-            .arg(&record.encode()[..])
-            .arg(millis(ttl));
+        call.arg(CompletedValue {
+            fingerprint,
+            record,
+        })
+        .arg(millis(ttl));
         let reply = self.invoke(script, call, false).await?;
         parse_flag("put_completed", reply.value)
     }
