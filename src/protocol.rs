@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{sleep, Instant, MissedTickBehavior};
@@ -36,7 +36,7 @@ use crate::{
 type BoxError = Box<dyn Error + Send + Sync>;
 
 /// The header that marks a replayed response.
-pub(crate) const REPLAYED: &str = "idempotent-replayed";
+pub(crate) const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// What `begin` (and waiting, under [`ConflictPolicy::Wait`]) decided.
 // Moved once per request; boxing the response would cost an allocation instead.

@@ -28,7 +28,8 @@ use crate::{
 
 const DEFAULT_PREFIX: &str = "idempotency:";
 
-/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, record, pttl}`,
+/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, value, pttl}` (a
+/// completed value, whose fingerprint the client checks: the script copies nothing),
 /// `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote). A `begin`
 /// that the client library sent twice (after a failover, say) finds its own lease and gets it
 /// back.
@@ -36,9 +37,9 @@ const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
   local state = string.byte(v, 1)
-  if not ((state == 99 and #v >= 33) or (state == 112 and #v == 49)) then return {4} end
+  if state == 99 then return {1, v, redis.call('PTTL', KEYS[1])} end
+  if state ~= 112 or #v ~= 49 then return {4} end
   if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
-  if state == 99 then return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])} end
   if string.sub(v, 34) ~= ARGV[2] then return {2, redis.call('PTTL', KEYS[1])} end
 end
 local now = redis.call('TIME')
@@ -74,12 +75,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// A completed record, read-only: `{1, record, pttl}`, `{3}` (another fingerprint) or `{0}`.
+/// A completed value, read-only: `{1, value, pttl}` or `{0}`.
 const PEEK: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 99 or #v < 33 then return {0} end
-if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
-return {1, string.sub(v, 34), redis.call('PTTL', KEYS[1])}
+if not v or string.byte(v, 1) ~= 99 then return {0} end
+return {1, v, redis.call('PTTL', KEYS[1])}
 ";
 
 /// Keep a record completed elsewhere (the whole completed value, as for `COMPLETE`), unless a
@@ -421,7 +421,7 @@ fn unexpected(what: &'static str, value: &Value) -> StoreError {
     StoreError::backend(format!("unexpected reply to {what}: {value:?}"))
 }
 
-fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
+fn parse_begin(value: Value, fingerprint: &Fingerprint) -> Result<BeginOutcome, StoreError> {
     let Value::Array(items) = &value else {
         return Err(unexpected("begin", &value));
     };
@@ -429,13 +429,10 @@ fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
         [Value::Int(0), Value::Int(fence)] => Ok(BeginOutcome::Acquired {
             fencing_token: FencingToken::new(u64::try_from(*fence).unwrap_or(0)),
         }),
-        [Value::Int(1), Value::BulkString(bytes), Value::Int(pttl)] => {
-            Ok(BeginOutcome::Completed {
-                record: CompletedRecord::decode(bytes)?,
-                expires_in: u64::try_from(*pttl).ok().map(Duration::from_millis),
-            })
+        [Value::Int(1), Value::BulkString(value), Value::Int(pttl)] => {
+            completed(value, fingerprint, *pttl)
         }
-        [Value::Int(4)] => Err(StoreError::Corrupt(DecodeError::Invalid("record layout"))),
+        [Value::Int(4)] => Err(corrupt_layout()),
         [Value::Int(2), Value::Int(pttl)] => Ok(BeginOutcome::InProgress {
             retry_after: u64::try_from(*pttl).ok().map(Duration::from_millis),
         }),
@@ -444,10 +441,32 @@ fn parse_begin(value: Value) -> Result<BeginOutcome, StoreError> {
     }
 }
 
-fn parse_peek(value: Value) -> Result<Option<BeginOutcome>, StoreError> {
+/// A completed value, `c`, the fingerprint and the encoded record: a replay, or a mismatch.
+fn completed(
+    value: &[u8],
+    fingerprint: &Fingerprint,
+    pttl: i64,
+) -> Result<BeginOutcome, StoreError> {
+    let (Some(stored), Some(record)) = (value.get(1..33), value.get(33..)) else {
+        return Err(corrupt_layout());
+    };
+    if stored != fingerprint.as_bytes() {
+        return Ok(BeginOutcome::Mismatch);
+    }
+    Ok(BeginOutcome::Completed {
+        record: CompletedRecord::decode(record)?,
+        expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
+    })
+}
+
+fn corrupt_layout() -> StoreError {
+    StoreError::Corrupt(DecodeError::Invalid("record layout"))
+}
+
+fn parse_peek(value: Value, fingerprint: &Fingerprint) -> Result<Option<BeginOutcome>, StoreError> {
     match &value {
         Value::Array(items) if matches!(items.as_slice(), [Value::Int(0)]) => Ok(None),
-        _ => parse_begin(value).map(Some),
+        _ => parse_begin(value, fingerprint).map(Some),
     }
 }
 
@@ -486,7 +505,7 @@ where
             .arg(millis(lease));
         let reply = self.invoke(script, call, true).await?;
         let acks = reply.acks;
-        let outcome = parse_begin(reply.value)?;
+        let outcome = parse_begin(reply.value, fingerprint)?;
         // Only a lock must be on the replicas before the handler runs; reads need nothing.
         if matches!(outcome, BeginOutcome::Acquired { .. }) {
             Reply::replicated(acks)?;
@@ -544,7 +563,7 @@ where
         let mut call = self.evalsha(script, key);
         call.arg(&fingerprint.as_bytes()[..]);
         let reply = self.invoke(script, call, false).await?;
-        parse_peek(reply.value)
+        parse_peek(reply.value, fingerprint)
     }
 
     async fn put_completed(
@@ -578,24 +597,57 @@ mod tests {
 
     #[test]
     fn begin_replies_parse() {
+        let fp = Fingerprint::from_bytes([7; 32]);
         assert_eq!(
-            parse_begin(Value::Array(vec![Value::Int(0), Value::Int(7)])).unwrap(),
+            parse_begin(Value::Array(vec![Value::Int(0), Value::Int(7)]), &fp).unwrap(),
             BeginOutcome::Acquired {
                 fencing_token: FencingToken::new(7)
             }
         );
         assert_eq!(
-            parse_begin(Value::Array(vec![Value::Int(3)])).unwrap(),
+            parse_begin(Value::Array(vec![Value::Int(3)]), &fp).unwrap(),
             BeginOutcome::Mismatch
         );
-        assert!(matches!(
-            parse_begin(Value::Array(vec![
+        let record = CompletedRecord::Tombstone {
+            status: http::StatusCode::CREATED,
+        };
+        let value = |fingerprint: [u8; 32], record: &[u8]| {
+            let mut value = b"c".to_vec();
+            value.extend_from_slice(&fingerprint);
+            value.extend_from_slice(record);
+            Value::Array(vec![
                 Value::Int(1),
-                Value::BulkString(b"junk".to_vec()),
+                Value::BulkString(value),
                 Value::Int(1000),
-            ])),
+            ])
+        };
+        assert_eq!(
+            parse_begin(value([7; 32], &record.encode()), &fp).unwrap(),
+            BeginOutcome::Completed {
+                record: record.clone(),
+                expires_in: Some(Duration::from_secs(1)),
+            }
+        );
+        assert_eq!(
+            parse_begin(value([8; 32], &record.encode()), &fp).unwrap(),
+            BeginOutcome::Mismatch,
+            "the client checks a completed record's fingerprint"
+        );
+        assert!(matches!(
+            parse_begin(value([7; 32], b"junk"), &fp),
             Err(StoreError::Corrupt(_))
         ));
-        assert!(parse_begin(Value::Nil).is_err());
+        assert!(matches!(
+            parse_begin(
+                Value::Array(vec![
+                    Value::Int(1),
+                    Value::BulkString(b"c12".to_vec()),
+                    Value::Int(1)
+                ]),
+                &fp
+            ),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(parse_begin(Value::Nil, &fp).is_err());
     }
 }
