@@ -93,8 +93,9 @@ for entry in entries:
     name, variant, script, what = entry.split("|")
     raw = open(f"{out}/{name}.txt").read()
     rps[name] = float(re.search(r"Requests/sec:\s+([\d.]+)", raw).group(1))
-    p50 = micros(re.search(r"50%\s+(\S+)", raw).group(1))
-    p99 = micros(re.search(r"99%\s+(\S+)", raw).group(1))
+    # Anchored: the thread stats line can hold "...50%" too.
+    p50 = micros(re.search(r"^\s+50%\s+(\S+)", raw, re.M).group(1))
+    p99 = micros(re.search(r"^\s+99%\s+(\S+)", raw, re.M).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", raw)
     rows.append((name, what, rps[name], p50, p99, int(bad.group(1)) if bad else 0))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")

@@ -101,29 +101,35 @@ impl CompletedRecord {
     }
 
     /// Decodes bytes made by [`encode`](Self::encode). Never panics, whatever the input.
-    pub fn decode(mut input: &[u8]) -> Result<Self, DecodeError> {
-        let buf = &mut input;
-        let version = take_u8(buf)?;
+    pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_shared(Bytes::copy_from_slice(input))
+    }
+
+    /// Like [`decode`](Self::decode), but the body and header values share `input`'s memory
+    /// instead of copying it: what a store that owns the bytes it read should call.
+    pub fn decode_shared(input: Bytes) -> Result<Self, DecodeError> {
+        let buf = &mut Reader(input);
+        let version = buf.u8()?;
         if version != VERSION {
             return Err(DecodeError::UnknownVersion(version));
         }
-        let kind = take_u8(buf)?;
+        let kind = buf.u8()?;
         let status =
-            StatusCode::from_u16(take_u16(buf)?).map_err(|_| DecodeError::Invalid("status"))?;
+            StatusCode::from_u16(buf.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
         let record = match kind {
             KIND_TOMBSTONE => Self::Tombstone { status },
             KIND_RESPONSE => {
-                let headers = take_headers(buf)?;
-                let body_len = take_u32(buf)? as usize;
-                let body = Bytes::copy_from_slice(take_slice(buf, body_len)?);
-                let trailers = take_headers(buf)?;
+                let headers = buf.headers()?;
+                let body_len = buf.u32()? as usize;
+                let body = buf.take(body_len)?;
+                let trailers = buf.headers()?;
                 Self::Response(
                     RecordedResponse::new(status, headers, body).with_trailers(Some(trailers)),
                 )
             }
             _ => return Err(DecodeError::Invalid("record kind")),
         };
-        if buf.has_remaining() {
+        if !buf.0.is_empty() {
             return Err(DecodeError::Invalid("trailing bytes"));
         }
         Ok(record)
@@ -148,51 +154,61 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-fn take_headers(buf: &mut &[u8]) -> Result<HeaderMap, DecodeError> {
-    let count = take_u32(buf)? as usize;
-    // Each entry takes at least 6 bytes: refuse counts the input cannot hold.
-    if count > buf.remaining() / 6 {
-        return Err(DecodeError::Truncated);
-    }
-    let mut headers = HeaderMap::with_capacity(count);
-    for _ in 0..count {
-        let name_len = usize::from(take_u16(buf)?);
-        let name = HeaderName::from_bytes(take_slice(buf, name_len)?)
-            .map_err(|_| DecodeError::Invalid("header name"))?;
-        let value_len = take_u32(buf)? as usize;
-        let value = HeaderValue::from_bytes(take_slice(buf, value_len)?)
-            .map_err(|_| DecodeError::Invalid("header value"))?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
 fn len_u32(len: usize) -> u32 {
     // Bodies and values over 4 GiB never reach here: the layer's record limit is far lower.
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-fn take_slice<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], DecodeError> {
-    if buf.len() < len {
-        return Err(DecodeError::Truncated);
+/// The rest of a record being decoded; every field taken is a slice of the same memory.
+struct Reader(Bytes);
+
+impl Reader {
+    fn take(&mut self, len: usize) -> Result<Bytes, DecodeError> {
+        if self.0.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(self.0.split_to(len))
     }
-    let (head, tail) = buf.split_at(len);
-    *buf = tail;
-    Ok(head)
-}
 
-fn take_u8(buf: &mut &[u8]) -> Result<u8, DecodeError> {
-    Ok(take_slice(buf, 1)?[0])
-}
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0; N];
+        if self.0.len() < N {
+            return Err(DecodeError::Truncated);
+        }
+        self.0.copy_to_slice(&mut out);
+        Ok(out)
+    }
 
-fn take_u16(buf: &mut &[u8]) -> Result<u16, DecodeError> {
-    let bytes = take_slice(buf, 2)?;
-    Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
-}
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.array::<1>().map(|[b]| b)
+    }
 
-fn take_u32(buf: &mut &[u8]) -> Result<u32, DecodeError> {
-    let bytes = take_slice(buf, 4)?;
-    Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn headers(&mut self) -> Result<HeaderMap, DecodeError> {
+        let count = self.u32()? as usize;
+        // Each entry takes at least 6 bytes: refuse counts the input cannot hold.
+        if count > self.0.len() / 6 {
+            return Err(DecodeError::Truncated);
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let name_len = usize::from(self.u16()?);
+            let name = HeaderName::from_bytes(&self.take(name_len)?)
+                .map_err(|_| DecodeError::Invalid("header name"))?;
+            let value_len = self.u32()? as usize;
+            let value = HeaderValue::from_maybe_shared(self.take(value_len)?)
+                .map_err(|_| DecodeError::Invalid("header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// Why stored bytes are not a record this version understands.

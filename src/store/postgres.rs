@@ -184,7 +184,7 @@ fn parse_begin(row: &PgRow, fingerprint: &Fingerprint) -> Result<BeginOutcome, S
             let record: Option<Vec<u8>> = row.try_get("record").map_err(get)?;
             let record = record.ok_or(DecodeError::Truncated)?;
             Ok(BeginOutcome::Completed {
-                record: CompletedRecord::decode(&record)?,
+                record: CompletedRecord::decode_shared(record.into())?,
                 expires_in: remaining,
             })
         }

@@ -11,9 +11,9 @@
 //! larger token as long as the server's clock does not step back by more than a lease. It costs
 //! no second key and no extra write.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, io::Write as _, sync::Arc, time::Duration};
 
-use std::io::Write as _;
+use bytes::Bytes;
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager},
@@ -422,39 +422,40 @@ fn unexpected(what: &'static str, value: &Value) -> StoreError {
 }
 
 fn parse_begin(value: Value, fingerprint: &Fingerprint) -> Result<BeginOutcome, StoreError> {
-    let Value::Array(items) = &value else {
+    let Value::Array(mut items) = value else {
         return Err(unexpected("begin", &value));
     };
-    match items.as_slice() {
+    match items.as_mut_slice() {
         [Value::Int(0), Value::Int(fence)] => Ok(BeginOutcome::Acquired {
             fencing_token: FencingToken::new(u64::try_from(*fence).unwrap_or(0)),
         }),
         [Value::Int(1), Value::BulkString(value), Value::Int(pttl)] => {
-            completed(value, fingerprint, *pttl)
+            completed(std::mem::take(value).into(), fingerprint, *pttl)
         }
         [Value::Int(4)] => Err(corrupt_layout()),
         [Value::Int(2), Value::Int(pttl)] => Ok(BeginOutcome::InProgress {
             retry_after: u64::try_from(*pttl).ok().map(Duration::from_millis),
         }),
         [Value::Int(3)] => Ok(BeginOutcome::Mismatch),
-        _ => Err(unexpected("begin", &value)),
+        _ => Err(unexpected("begin", &Value::Array(items))),
     }
 }
 
 /// A completed value, `c`, the fingerprint and the encoded record: a replay, or a mismatch.
+/// The replayed body and headers share the reply's memory.
 fn completed(
-    value: &[u8],
+    value: Bytes,
     fingerprint: &Fingerprint,
     pttl: i64,
 ) -> Result<BeginOutcome, StoreError> {
-    let (Some(stored), Some(record)) = (value.get(1..33), value.get(33..)) else {
+    if value.len() < 33 {
         return Err(corrupt_layout());
-    };
-    if stored != fingerprint.as_bytes() {
+    }
+    if value[1..33] != fingerprint.as_bytes()[..] {
         return Ok(BeginOutcome::Mismatch);
     }
     Ok(BeginOutcome::Completed {
-        record: CompletedRecord::decode(record)?,
+        record: CompletedRecord::decode_shared(value.slice(33..))?,
         expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
     })
 }
