@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end load comparison: one axum handler behind each idempotency variant, driven by
-# wrk on loopback at a fixed concurrency, all in one run, reported as requests/s, p50, p99 and
-# ratios. Installs wrk and redis-server (Debian packages) when missing.
+# wrk on loopback at a fixed concurrency, all in one run, reported as requests/s, p50, p99, the
+# CPU time the server and Redis spend per request (from /proc), and ratios. Installs wrk and
+# redis-server (Debian packages) when missing.
 #
 #   ./scripts/load.sh                         # 10 s per variant, 64 connections
 #   DURATION=20 CONNECTIONS=128 ./scripts/load.sh
@@ -27,6 +28,7 @@ fi
 cargo build --release -q -p benches --bin load_server
 server_bin=target/release/load_server
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port)
 redis_dir=$(mktemp -d)
@@ -75,8 +77,12 @@ for entry in "${variants[@]}"; do
       -d '{"customer_id":"C001","amount":1200}'
   fi
   echo "==> $name: $what"
+  # CPU time (user + system, in clock ticks) the server and Redis spend during the run.
+  server_ticks=$(cpu_ticks "$server_pid"); redis_ticks=$(cpu_ticks "$redis_pid")
   LOAD_COOKIE="$cookie" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "scripts/load/$script.lua" \
     "http://127.0.0.1:$port/orders" >"$out/$name.txt"
+  echo "cpu ticks: server $(( $(cpu_ticks "$server_pid") - server_ticks ))" \
+    "redis $(( $(cpu_ticks "$redis_pid") - redis_ticks )) per $(getconf CLK_TCK)" >>"$out/$name.txt"
   grep -E "Requests/sec|Non-2xx" "$out/$name.txt" || true
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   server_pid=""
@@ -97,16 +103,21 @@ for entry in entries:
     p50 = micros(re.search(r"^\s+50%\s+(\S+)", raw, re.M).group(1))
     p99 = micros(re.search(r"^\s+99%\s+(\S+)", raw, re.M).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", raw)
-    rows.append((name, what, rps[name], p50, p99, int(bad.group(1)) if bad else 0))
+    server, redis, hz = map(int, re.search(r"cpu ticks: server (\d+) redis (\d+) per (\d+)", raw).groups())
+    requests = int(re.search(r"(\d+) requests in", raw).group(1))
+    per_request = lambda ticks: ticks / hz / requests * 1e6
+    rows.append((name, what, rps[name], p50, p99, per_request(server), per_request(redis),
+                 int(bad.group(1)) if bad else 0))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Load comparison: wrk, 1 thread, {connections} connections, {duration} s per variant, loopback; "
       f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
 print("axum-idempotent runs on ruts' in-memory MokaStore: ruts' Redis store needs HEXPIRE "
       "(Redis 7.4+) and Debian 12 ships Redis 7.0.\n")
-print("| variant | what | requests/s | p50 | p99 | non-2xx |")
-print("| --- | --- | ---: | ---: | ---: | ---: |")
-for name, what, r, p50, p99, bad in rows:
-    print(f"| {name} | {what} | {r:,.0f} | {p50:,.0f} us | {p99:,.0f} us | {bad} |")
+print("| variant | what | requests/s | p50 | p99 | server CPU / request | Redis CPU / request | non-2xx |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for name, what, r, p50, p99, server, redis, bad in rows:
+    print(f"| {name} | {what} | {r:,.0f} | {p50:,.0f} us | {p99:,.0f} us | {server:.1f} us "
+          f"| {redis:.1f} us | {bad} |")
 print()
 for label, num, den, target in [
     ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),

@@ -70,6 +70,17 @@ pub enum CompletedRecord {
 }
 
 impl CompletedRecord {
+    /// The length of [`encode`](Self::encode)'s output, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Tombstone { .. } => 4,
+            Self::Response(response) => {
+                let trailers = response.trailers.as_ref().map_or(4, headers_len);
+                4 + headers_len(&response.headers) + 4 + response.body.len() + trailers
+            }
+        }
+    }
+
     /// Encodes the record in the crate's versioned binary format.
     pub fn encode(&self) -> Bytes {
         match self {
@@ -83,11 +94,7 @@ impl CompletedRecord {
             Self::Response(response) => {
                 let empty = HeaderMap::new();
                 let trailers = response.trailers.as_ref().unwrap_or(&empty);
-                let capacity = 16
-                    + encoded_len(&response.headers)
-                    + response.body.len()
-                    + encoded_len(trailers);
-                let mut out = BytesMut::with_capacity(capacity);
+                let mut out = BytesMut::with_capacity(self.encoded_len());
                 out.put_u8(VERSION);
                 out.put_u8(KIND_RESPONSE);
                 out.put_u16(response.status.as_u16());
@@ -136,11 +143,12 @@ impl CompletedRecord {
     }
 }
 
-fn encoded_len(headers: &HeaderMap) -> usize {
-    headers
+/// Encoded size of a header block: the count, then each name and value with their lengths.
+fn headers_len(headers: &HeaderMap) -> usize {
+    4 + headers
         .iter()
         .map(|(name, value)| 6 + name.as_str().len() + value.len())
-        .sum()
+        .sum::<usize>()
 }
 
 fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
@@ -255,6 +263,16 @@ mod tests {
             )
             .with_trailers(Some(trailers)),
         )
+    }
+
+    #[test]
+    fn encoded_len_is_exact() {
+        let tombstone = CompletedRecord::Tombstone {
+            status: StatusCode::CREATED,
+        };
+        for record in [sample(), tombstone] {
+            assert_eq!(record.encoded_len(), record.encode().len());
+        }
     }
 
     #[test]

@@ -274,13 +274,18 @@ where
         format!("{}{{{}}}", self.prefix, key)
     }
 
-    /// `EVALSHA <script> 1 <record key>`, ready for the script's arguments.
-    fn evalsha(&self, script: &Script, key: &StoreKey) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(1).arg(RecordKey {
-            prefix: &self.prefix,
-            key,
-        });
+    /// `EVALSHA <script> 1 <record key>`, sized for `args` more arguments of `arg_bytes` in all,
+    /// so that adding them never grows the command.
+    fn evalsha(&self, script: &Script, key: &StoreKey, args: usize, arg_bytes: usize) -> Cmd {
+        let key_len = self.prefix.len() + 66;
+        let mut cmd = Cmd::with_capacity(4 + args, 48 + key_len + arg_bytes);
+        cmd.arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(RecordKey {
+                prefix: &self.prefix,
+                key,
+            });
         cmd
     }
 
@@ -500,7 +505,7 @@ where
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
         let script = &self.scripts.begin;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 3, 32 + 16 + 20);
         call.arg(&fingerprint.as_bytes()[..])
             .arg(&token.to_bytes()[..])
             .arg(millis(lease));
@@ -523,7 +528,7 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.complete;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 3, 16 + 33 + record.encoded_len() + 20);
         call.arg(&token.to_bytes()[..])
             .arg(CompletedValue {
                 fingerprint,
@@ -536,7 +541,7 @@ where
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
         let script = &self.scripts.release;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 1, 16);
         call.arg(&token.to_bytes()[..]);
         let reply = self.invoke(script, call, false).await?;
         parse_flag("release", reply.value)
@@ -549,7 +554,7 @@ where
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.renew;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 2, 16 + 20);
         call.arg(&token.to_bytes()[..]).arg(millis(lease));
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("renew", reply)
@@ -561,7 +566,7 @@ where
         fingerprint: &Fingerprint,
     ) -> Result<Option<BeginOutcome>, StoreError> {
         let script = &self.scripts.peek;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 1, 32);
         call.arg(&fingerprint.as_bytes()[..]);
         let reply = self.invoke(script, call, false).await?;
         parse_peek(reply.value, fingerprint)
@@ -575,7 +580,7 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.put_completed;
-        let mut call = self.evalsha(script, key);
+        let mut call = self.evalsha(script, key, 2, 33 + record.encoded_len() + 20);
         call.arg(CompletedValue {
             fingerprint,
             record,
