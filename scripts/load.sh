@@ -4,13 +4,18 @@
 # CPU time the server and Redis spend per request (from /proc), and ratios. Installs wrk and
 # redis-server (Debian packages) when missing.
 #
-#   ./scripts/load.sh                         # 10 s per variant, 64 connections
-#   DURATION=20 CONNECTIONS=128 ./scripts/load.sh
+# On a shared machine one measurement per variant is noise: the run goes through every variant
+# ROUNDS times, in turn, and reports each variant's median round; each ratio is the median of
+# the ratios within a round (numerator and denominator measured minutes apart at most).
+#
+#   ./scripts/load.sh                         # 3 rounds of 10 s per variant, 64 connections
+#   ROUNDS=1 DURATION=20 CONNECTIONS=128 ./scripts/load.sh
 #
 # The report is printed and written to target/load/report.md; raw wrk output sits beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
 out=target/load
 mkdir -p "$out"
@@ -58,47 +63,46 @@ variants=(
   "f2|axum-idempotent|replay|axum-idempotent 0.6, in-memory sessions (MokaStore), replays"
 )
 
-for entry in "${variants[@]}"; do
-  IFS='|' read -r name variant script what <<<"$entry"
-  redis-cli -p "$redis_port" flushall >/dev/null
-  port=$(free_port)
-  "$server_bin" "$variant" "127.0.0.1:$port" &
-  server_pid=$!
-  until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
-  cookie=""
-  if [ "$variant" = axum-idempotent ]; then
-    cookie=$(curl -s -i -X POST "http://127.0.0.1:$port/login" | tr -d '\r' \
-      | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -n1)
-  fi
-  if [ "$script" = replay ]; then
-    # The first request runs the handler; the measured ones replay it.
-    curl -s -o /dev/null -X POST "http://127.0.0.1:$port/orders" -H 'content-type: application/json' \
-      -H 'idempotency-key: replayed-key' ${cookie:+-H "cookie: $cookie"} \
-      -d '{"customer_id":"C001","amount":1200}'
-  fi
-  echo "==> $name: $what"
-  # CPU time (user + system, in clock ticks) the server and Redis spend during the run.
-  server_ticks=$(cpu_ticks "$server_pid"); redis_ticks=$(cpu_ticks "$redis_pid")
-  LOAD_COOKIE="$cookie" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "scripts/load/$script.lua" \
-    "http://127.0.0.1:$port/orders" >"$out/$name.txt"
-  echo "cpu ticks: server $(( $(cpu_ticks "$server_pid") - server_ticks ))" \
-    "redis $(( $(cpu_ticks "$redis_pid") - redis_ticks )) per $(getconf CLK_TCK)" >>"$out/$name.txt"
-  grep -E "Requests/sec|Non-2xx" "$out/$name.txt" || true
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-  server_pid=""
+for round in $(seq 1 "$ROUNDS"); do
+  for entry in "${variants[@]}"; do
+    IFS='|' read -r name variant script what <<<"$entry"
+    redis-cli -p "$redis_port" flushall >/dev/null
+    port=$(free_port)
+    "$server_bin" "$variant" "127.0.0.1:$port" &
+    server_pid=$!
+    until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
+    cookie=""
+    if [ "$variant" = axum-idempotent ]; then
+      cookie=$(curl -s -i -X POST "http://127.0.0.1:$port/login" | tr -d '\r' \
+        | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -n1)
+    fi
+    if [ "$script" = replay ]; then
+      # The first request runs the handler; the measured ones replay it.
+      curl -s -o /dev/null -X POST "http://127.0.0.1:$port/orders" -H 'content-type: application/json' \
+        -H 'idempotency-key: replayed-key' ${cookie:+-H "cookie: $cookie"} \
+        -d '{"customer_id":"C001","amount":1200}'
+    fi
+    echo "==> round $round, $name: $what"
+    # CPU time (user + system, in clock ticks) the server and Redis spend during the run.
+    server_ticks=$(cpu_ticks "$server_pid"); redis_ticks=$(cpu_ticks "$redis_pid")
+    LOAD_COOKIE="$cookie" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "scripts/load/$script.lua" \
+      "http://127.0.0.1:$port/orders" >"$out/$name.$round.txt"
+    echo "cpu ticks: server $(( $(cpu_ticks "$server_pid") - server_ticks ))" \
+      "redis $(( $(cpu_ticks "$redis_pid") - redis_ticks )) per $(getconf CLK_TCK)" >>"$out/$name.$round.txt"
+    grep -E "Requests/sec|Non-2xx" "$out/$name.$round.txt" || true
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  done
 done
 
-python3 - "$out" "$DURATION" "$CONNECTIONS" "${variants[@]}" <<'PY' | tee "$out/report.md"
-import re, sys, platform, os
-out, duration, connections, entries = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+python3 - "$out" "$DURATION" "$CONNECTIONS" "$ROUNDS" "${variants[@]}" <<'PY' | tee "$out/report.md"
+import re, sys, platform, os, statistics
+out, duration, connections, rounds, entries = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 def micros(text):
     value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-rows, rps = [], {}
-for entry in entries:
-    name, variant, script, what = entry.split("|")
-    raw = open(f"{out}/{name}.txt").read()
-    rps[name] = float(re.search(r"Requests/sec:\s+([\d.]+)", raw).group(1))
+def measure(name, round):
+    raw = open(f"{out}/{name}.{round}.txt").read()
     # Anchored: the thread stats line can hold "...50%" too.
     p50 = micros(re.search(r"^\s+50%\s+(\S+)", raw, re.M).group(1))
     p99 = micros(re.search(r"^\s+99%\s+(\S+)", raw, re.M).group(1))
@@ -106,18 +110,26 @@ for entry in entries:
     server, redis, hz = map(int, re.search(r"cpu ticks: server (\d+) redis (\d+) per (\d+)", raw).groups())
     requests = int(re.search(r"(\d+) requests in", raw).group(1))
     per_request = lambda ticks: ticks / hz / requests * 1e6
-    rows.append((name, what, rps[name], p50, p99, per_request(server), per_request(redis),
-                 int(bad.group(1)) if bad else 0))
+    return dict(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", raw).group(1)), p50=p50, p99=p99,
+                server=per_request(server), redis=per_request(redis), bad=int(bad.group(1)) if bad else 0)
+runs = {}
+rows = []
+for entry in entries:
+    name, variant, script, what = entry.split("|")
+    runs[name] = [measure(name, r) for r in range(1, rounds + 1)]
+    median = sorted(runs[name], key=lambda m: m["rps"])[(rounds - 1) // 2]
+    rows.append((name, what, median, min(m["rps"] for m in runs[name]), max(m["rps"] for m in runs[name])))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"Load comparison: wrk, 1 thread, {connections} connections, {duration} s per variant, loopback; "
-      f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
+print(f"Load comparison: wrk, 1 thread, {connections} connections, {rounds} rounds of {duration} s per "
+      f"variant, loopback; {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
 print("axum-idempotent runs on ruts' in-memory MokaStore: ruts' Redis store needs HEXPIRE "
       "(Redis 7.4+) and Debian 12 ships Redis 7.0.\n")
-print("| variant | what | requests/s | p50 | p99 | server CPU / request | Redis CPU / request | non-2xx |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for name, what, r, p50, p99, server, redis, bad in rows:
-    print(f"| {name} | {what} | {r:,.0f} | {p50:,.0f} us | {p99:,.0f} us | {server:.1f} us "
-          f"| {redis:.1f} us | {bad} |")
+print("Each row is the variant's median round; the range is over all rounds.\n")
+print("| variant | what | requests/s | range | p50 | p99 | server CPU / request | Redis CPU / request | non-2xx |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for name, what, m, low, high in rows:
+    print(f"| {name} | {what} | {m['rps']:,.0f} | {low:,.0f}-{high:,.0f} | {m['p50']:,.0f} us "
+          f"| {m['p99']:,.0f} us | {m['server']:.1f} us | {m['redis']:.1f} us | {m['bad']} |")
 print()
 for label, num, den, target in [
     ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),
@@ -129,5 +141,8 @@ for label, num, den, target in [
     ("(d)/(f2) Redis vs axum-idempotent in memory, replays", "d", "f2", ""),
     ("(l)/(f2) local tier vs axum-idempotent in memory, replays", "l", "f2", ""),
 ]:
-    print(f"- {label}: **{rps[num] / rps[den]:.2f}**" + (f" (target {target})" if target else ""))
+    ratios = [n["rps"] / d["rps"] for n, d in zip(runs[num], runs[den])]
+    rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
+          + (f"; target {target}" if target else ""))
 PY

@@ -16,7 +16,7 @@ use std::{fmt, io::Write as _, sync::Arc, time::Duration};
 use bytes::Bytes;
 
 use redis::{
-    aio::{ConnectionLike, ConnectionManager},
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     Cmd, ErrorKind, Pipeline, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value,
 };
 
@@ -162,9 +162,14 @@ impl<C> fmt::Debug for RedisStore<C> {
 
 impl RedisStore<ConnectionManager> {
     /// Connects to `url` through a reconnecting [`ConnectionManager`] and loads the scripts.
+    ///
+    /// The connection has no response timeout of its own: the layer's store timeout
+    /// ([`with_store_timeout`](crate::IdempotencyLayer::with_store_timeout)) bounds every call,
+    /// and a second, shorter one underneath would cap it and cost a timer per call.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
-        let conn = ConnectionManager::new(client)
+        let config = ConnectionManagerConfig::new().set_response_timeout(None);
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(StoreError::backend)?;
         let store = Self::new(conn);

@@ -11,24 +11,25 @@ use std::{
 /// A secret the request that acquired a record chose; only its holder may complete, release or
 /// renew that record.
 ///
-/// 128 bits from a per-process random seed, a process-wide counter and the clock: unique across
-/// requests and instances, which is all a lock token needs to be.
+/// 64 random bits drawn once per process, then a process-wide counter: unique across requests
+/// and, but for a 2^-64 chance, across processes, which is all a lock token needs to be. It is
+/// never shown to clients, so it need not be unguessable.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LeaseToken(u128);
 
 impl LeaseToken {
     /// A fresh token, different from every other one this process and its peers make.
     pub fn generate() -> Self {
-        static SEEDS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        static PROCESS: OnceLock<u64> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let (a, b) = SEEDS.get_or_init(|| (RandomState::new(), RandomState::new()));
+        let process = *PROCESS.get_or_init(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            RandomState::new().hash_one((nanos, std::process::id()))
+        });
         let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let high = a.hash_one((count, nanos));
-        let low = b.hash_one((nanos, count));
-        Self((u128::from(high) << 64) | u128::from(low))
+        Self((u128::from(process) << 64) | u128::from(count))
     }
 
     /// Rebuilds a token a store kept.
