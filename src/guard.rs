@@ -2,7 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::store::{IdempotencyStore, LeaseToken, StoreKey};
+use crate::{
+    layer::Shared,
+    store::{IdempotencyStore, LeaseToken, StoreKey},
+};
 
 /// Holds the duty to release a key until it is handed off by [`disarm`](Self::disarm).
 ///
@@ -11,20 +14,18 @@ use crate::store::{IdempotencyStore, LeaseToken, StoreKey};
 /// until its lease runs out. The release is token-checked: when `begin` had not acquired the
 /// key, it deletes nothing.
 pub(crate) struct ReleaseGuard<St: IdempotencyStore> {
-    store: Arc<St>,
+    shared: Arc<Shared<St>>,
     pub(crate) key: StoreKey,
     pub(crate) token: LeaseToken,
-    timeout: Duration,
     armed: bool,
 }
 
 impl<St: IdempotencyStore> ReleaseGuard<St> {
-    pub(crate) fn new(store: Arc<St>, key: StoreKey, token: LeaseToken, timeout: Duration) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<St>>, key: StoreKey, token: LeaseToken) -> Self {
         Self {
-            store,
+            shared,
             key,
             token,
-            timeout,
             armed: true,
         }
     }
@@ -37,7 +38,8 @@ impl<St: IdempotencyStore> ReleaseGuard<St> {
     /// Releases now, so a retry may run the handler again.
     pub(crate) async fn release(mut self) {
         self.armed = false;
-        release(&*self.store, &self.key, &self.token, self.timeout).await;
+        let timeout = self.shared.config.store_timeout;
+        release(&*self.shared.store, &self.key, &self.token, timeout).await;
     }
 }
 
@@ -50,9 +52,11 @@ impl<St: IdempotencyStore> Drop for ReleaseGuard<St> {
             tracing::warn!(key = %self.key, "idempotency: no runtime to release the key; it stays locked until its lease ends");
             return;
         };
-        let (store, key, token, timeout) =
-            (Arc::clone(&self.store), self.key, self.token, self.timeout);
-        runtime.spawn(async move { release(&*store, &key, &token, timeout).await });
+        let (shared, key, token) = (Arc::clone(&self.shared), self.key, self.token);
+        runtime.spawn(async move {
+            let timeout = shared.config.store_timeout;
+            release(&*shared.store, &key, &token, timeout).await;
+        });
     }
 }
 

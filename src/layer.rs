@@ -135,6 +135,13 @@ pub struct IdempotencyLayer<St> {
     config: Arc<Config>,
 }
 
+/// What every request through one service reads: the store and the settings, behind one
+/// reference count, so a request touches one shared counter instead of two.
+pub(crate) struct Shared<St> {
+    pub(crate) store: Arc<St>,
+    pub(crate) config: Arc<Config>,
+}
+
 impl<St> Clone for IdempotencyLayer<St> {
     fn clone(&self) -> Self {
         Self {

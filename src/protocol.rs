@@ -24,7 +24,7 @@ use crate::{
     detach::Detachable,
     guard::ReleaseGuard,
     key::IdempotencyKey,
-    layer::Config,
+    layer::{Config, Shared},
     outcome::Outcome,
     policy::ConflictPolicy,
     problems::Problem,
@@ -48,8 +48,7 @@ enum Decision<B> {
 
 pub(crate) async fn run<S, St, ReqBody, ResBody>(
     mut inner: S,
-    store: Arc<St>,
-    config: Arc<Config>,
+    shared: Arc<Shared<St>>,
     key: IdempotencyKey,
     req: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -64,15 +63,19 @@ where
     ResBody::Error: fmt::Display,
 {
     let (mut parts, body) = req.into_parts();
-    let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
+    let body = match collect::request_body(&parts.headers, body, shared.config.body_limit).await {
         Ok(body) => body,
         Err(problem) => {
-            config.observe(Outcome::Refused);
+            shared.config.observe(Outcome::Refused);
             return Ok(problem.into_response());
         }
     };
-    let fingerprint = config.fingerprint.fingerprint(&parts, &body);
-    let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
+    let fingerprint = shared.config.fingerprint.fingerprint(&parts, &body);
+    let scope = shared
+        .config
+        .scope
+        .as_ref()
+        .and_then(|scope| scope.scope(&parts));
     let store_key = StoreKey::derive(
         scope.as_deref().map(str::as_bytes),
         parts.method.as_str(),
@@ -80,39 +83,42 @@ where
         key.as_str(),
     );
     tracing::Span::current().record("key", tracing::field::display(&store_key));
-    let mut guard = ReleaseGuard::new(
-        Arc::clone(&store),
-        store_key,
-        LeaseToken::generate(),
-        config.store_timeout,
-    );
+    let mut guard = ReleaseGuard::new(Arc::clone(&shared), store_key, LeaseToken::generate());
 
-    match decide(&*store, &config, &store_key, &fingerprint, &guard.token).await {
+    match decide(
+        &*shared.store,
+        &shared.config,
+        &store_key,
+        &fingerprint,
+        &guard.token,
+    )
+    .await
+    {
         Ok(Decision::Respond(response)) => {
             guard.disarm();
             Ok(response)
         }
         Ok(Decision::Run(fencing_token)) => {
             tracing::debug!(key = %store_key, fencing_token = fencing_token.get(), "idempotency: acquired");
-            config.observe(Outcome::Acquired);
+            shared.config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
             let req = Request::from_parts(parts, RequestBody::full(body));
             // A client that hangs up must not cut the handler off between its side effect and
             // the record of it: then the execution finishes on a task of its own.
-            let execution = execute(inner, store, config, guard, fingerprint, req);
+            let execution = execute(inner, shared, guard, fingerprint, req);
             Detachable::new(execution.in_current_span()).await
         }
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
             tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
-            config.observe(Outcome::Corrupt);
+            shared.config.observe(Outcome::Corrupt);
             Ok(Problem::RecordCorrupt.into_response())
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
-        Err(error) if config.fail_open => {
+        Err(error) if shared.config.fail_open => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; running the request unguarded (fail-open)");
-            config.observe(Outcome::StoreFailed);
+            shared.config.observe(Outcome::StoreFailed);
             drop(guard);
             parts.extensions.insert(key);
             let response = inner
@@ -122,7 +128,7 @@ where
         }
         Err(error) => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; refusing the request (fail-closed)");
-            config.observe(Outcome::StoreFailed);
+            shared.config.observe(Outcome::StoreFailed);
             Ok(Problem::StoreUnavailable {
                 retry_after_secs: 1,
             }
@@ -205,8 +211,7 @@ struct Waiting<'a> {
 /// Runs the handler under its lease, then records or releases: steps 7 and 8.
 async fn execute<S, St, ReqBody, ResBody>(
     mut inner: S,
-    store: Arc<St>,
-    config: Arc<Config>,
+    shared: Arc<Shared<St>>,
     mut guard: ReleaseGuard<St>,
     fingerprint: Fingerprint,
     req: Request<RequestBody<ReqBody>>,
@@ -218,7 +223,8 @@ where
     ResBody::Error: fmt::Display,
 {
     let (key, token) = (guard.key, guard.token);
-    let response = match with_renewal(&*store, &config, &key, &token, inner.call(req)).await {
+    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
+    let response = match with_renewal(store, config, &key, &token, inner.call(req)).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(key = %key, "idempotency: handler failed; releasing");
@@ -281,7 +287,7 @@ where
             guard.disarm();
             tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
             config.observe(Outcome::StoreFailed);
-            let retry = record_later(store, config, key, token, fingerprint, record);
+            let retry = record_later(shared, key, token, fingerprint, record);
             tokio::spawn(retry.in_current_span());
         }
     }
@@ -303,13 +309,13 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// store refuses it, or a lease's length has gone by. Token-checked like every `complete`: once
 /// the lease is over, it can only fail.
 async fn record_later<St: IdempotencyStore>(
-    store: Arc<St>,
-    config: Arc<Config>,
+    shared: Arc<Shared<St>>,
     key: StoreKey,
     token: LeaseToken,
     fingerprint: Fingerprint,
     record: CompletedRecord,
 ) {
+    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
     let deadline = Instant::now() + config.lease_ttl;
     let mut delay = RECORD_RETRY_FIRST;
     let mut attempts = 1u32;

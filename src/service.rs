@@ -17,7 +17,7 @@ use crate::{
     body::{RequestBody, ResponseBody},
     future::ResponseFuture,
     key,
-    layer::{Config, IdempotencyLayer},
+    layer::{Config, IdempotencyLayer, Shared},
     outcome::Outcome,
     problems::Problem,
     protocol,
@@ -34,8 +34,7 @@ type BoxError = Box<dyn Error + Send + Sync>;
 /// execution whose client hung up to a task of its own, so it is never cut off half-way.
 pub struct IdempotencyService<S, St> {
     inner: S,
-    store: Arc<St>,
-    config: Arc<Config>,
+    shared: Arc<Shared<St>>,
 }
 
 impl<S, St> IdempotencyService<S, St> {
@@ -47,8 +46,7 @@ impl<S, St> IdempotencyService<S, St> {
     pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
         Self {
             inner,
-            store,
-            config,
+            shared: Arc::new(Shared { store, config }),
         }
     }
 
@@ -77,8 +75,7 @@ impl<S: Clone, St> Clone for IdempotencyService<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -87,8 +84,8 @@ impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for IdempotencyService<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
             .field("inner", &self.inner)
-            .field("store", &self.store)
-            .field("config", &self.config)
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
             .finish()
     }
 }
@@ -116,29 +113,23 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !self.config.methods.contains(req.method()) {
+        if !self.shared.config.methods.contains(req.method()) {
             return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
         }
-        let key = match key::extract(req.headers(), &self.config.header_name) {
+        let key = match key::extract(req.headers(), &self.shared.config.header_name) {
             Ok(Some(key)) => key,
-            Ok(None) if !self.config.key_required => {
+            Ok(None) if !self.shared.config.key_required => {
                 return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
             }
-            Ok(None) => return respond(&self.config, Problem::KeyMissing),
-            Err(error) => return respond(&self.config, Problem::KeyInvalid(error.detail())),
+            Ok(None) => return respond(&self.shared.config, Problem::KeyMissing),
+            Err(error) => return respond(&self.shared.config, Problem::KeyInvalid(error.detail())),
         };
         // The instance polled ready is the one that must be called; keep a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         // The key's hash is recorded on the span once the protocol has derived it.
         let span = tracing::debug_span!("idempotency", key = tracing::field::Empty);
-        let future = protocol::run(
-            inner,
-            Arc::clone(&self.store),
-            Arc::clone(&self.config),
-            key,
-            req,
-        );
+        let future = protocol::run(inner, Arc::clone(&self.shared), key, req);
         ResponseFuture::guarded(Box::pin(future.instrument(span)))
     }
 }
