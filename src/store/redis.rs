@@ -4,7 +4,8 @@
 //! digest, so the store runs unchanged on Redis Cluster and Valkey. In progress it holds `p`, the
 //! 32-byte request fingerprint and the holder's 16-byte lease token, with the lease as its TTL;
 //! completed, `c`, the fingerprint and the encoded response, with the result TTL. One string keeps
-//! each step to a `GET` and a `SET`.
+//! each step to a `GET` and a `SET`, and the client builds every value a script writes or expects,
+//! so the scripts compare and store whole strings instead of slicing and joining them in Lua.
 //!
 //! The fencing token is the Redis server's clock, in microseconds, when the key was acquired: a
 //! later acquisition of the same key always comes after the earlier lease ended, so it gets a
@@ -28,35 +29,40 @@ use crate::{
 
 const DEFAULT_PREFIX: &str = "idempotency:";
 
-/// Replay, refuse, or acquire, in one round trip. Returns `{0, fence}`, `{1, value, pttl}` (a
-/// completed value, whose fingerprint the client checks: the script copies nothing),
-/// `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote). A `begin`
-/// that the client library sent twice (after a failover, say) finds its own lease and gets it
-/// back.
+/// Replay, refuse, or acquire, in one round trip. `ARGV[1]` is the in-progress value the caller
+/// would write (`p`, fingerprint, token), `ARGV[2]` the lease. Returns `{0, fence}`,
+/// `{1, value, pttl}` (a completed value, whose fingerprint the client checks: the script copies
+/// nothing), `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote).
+/// A `begin` that the client library sent twice (after a failover, say) finds its own lease and
+/// gets it back.
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
   local state = string.byte(v, 1)
   if state == 99 then return {1, v, redis.call('PTTL', KEYS[1])} end
   if state ~= 112 or #v ~= 49 then return {4} end
-  if string.sub(v, 2, 33) ~= ARGV[1] then return {3} end
-  if string.sub(v, 34) ~= ARGV[2] then return {2, redis.call('PTTL', KEYS[1])} end
+  if v ~= ARGV[1] then
+    if string.sub(v, 2, 33) ~= string.sub(ARGV[1], 2, 33) then return {3} end
+    return {2, redis.call('PTTL', KEYS[1])}
+  end
 end
 local now = redis.call('TIME')
-redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, now[1] * 1000000 + now[2]}
 ";
 
-/// Store the response in place of the caller's in-progress record. The client sends the whole
-/// completed value, `c`, fingerprint and record, so the script only checks the token. Sending
-/// the same value again succeeds, so a `complete` whose reply was lost can be retried.
+/// Store the response in place of the caller's in-progress record. The client sends the
+/// in-progress value it holds and the whole completed value (`c`, fingerprint, record), so the
+/// script compares and writes whole strings. Sending the same value again succeeds, so a
+/// `complete` whose reply was lost can be retried.
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
+if v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
 if v == ARGV[2] then return 1 end
-if string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+return 0
 ";
 
 /// Delete the caller's in-progress record.
@@ -340,6 +346,23 @@ impl ToRedisArgs for RecordKey<'_> {
     }
 }
 
+/// An in-progress value, `p`, the fingerprint and the lease token, written straight into the
+/// command.
+struct InProgressValue<'a> {
+    fingerprint: &'a Fingerprint,
+    token: &'a LeaseToken,
+}
+
+impl ToRedisArgs for InProgressValue<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(b"p");
+        let _ = arg.write_all(self.fingerprint.as_bytes());
+        let _ = arg.write_all(&self.token.to_bytes());
+    }
+}
+
 /// A completed record's value, `c`, the fingerprint and the encoded record, written straight
 /// into the command.
 struct CompletedValue<'a> {
@@ -510,9 +533,8 @@ where
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
         let script = &self.scripts.begin;
-        let mut call = self.evalsha(script, key, 3, 32 + 16 + 20);
-        call.arg(&fingerprint.as_bytes()[..])
-            .arg(&token.to_bytes()[..])
+        let mut call = self.evalsha(script, key, 2, 49 + 20);
+        call.arg(InProgressValue { fingerprint, token })
             .arg(millis(lease));
         let reply = self.invoke(script, call, true).await?;
         let acks = reply.acks;
@@ -533,8 +555,8 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.complete;
-        let mut call = self.evalsha(script, key, 3, 16 + 33 + record.encoded_len() + 20);
-        call.arg(&token.to_bytes()[..])
+        let mut call = self.evalsha(script, key, 3, 49 + 33 + record.encoded_len() + 20);
+        call.arg(InProgressValue { fingerprint, token })
             .arg(CompletedValue {
                 fingerprint,
                 record,
