@@ -62,20 +62,17 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: fmt::Display,
 {
+    let config: &Config = &shared.config;
     let (mut parts, body) = req.into_parts();
-    let body = match collect::request_body(&parts.headers, body, shared.config.body_limit).await {
+    let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
         Ok(body) => body,
         Err(problem) => {
-            shared.config.observe(Outcome::Refused);
+            config.observe(Outcome::Refused);
             return Ok(problem.into_response());
         }
     };
-    let fingerprint = shared.config.fingerprint.fingerprint(&parts, &body);
-    let scope = shared
-        .config
-        .scope
-        .as_ref()
-        .and_then(|scope| scope.scope(&parts));
+    let fingerprint = config.fingerprint.fingerprint(&parts, &body);
+    let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
     let store_key = StoreKey::derive(
         scope.as_deref().map(str::as_bytes),
         parts.method.as_str(),
@@ -87,7 +84,7 @@ where
 
     match decide(
         &*shared.store,
-        &shared.config,
+        config,
         &store_key,
         &fingerprint,
         &guard.token,
@@ -100,7 +97,7 @@ where
         }
         Ok(Decision::Run(fencing_token)) => {
             tracing::debug!(key = %store_key, fencing_token = fencing_token.get(), "idempotency: acquired");
-            shared.config.observe(Outcome::Acquired);
+            config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
             let req = Request::from_parts(parts, RequestBody::full(body));
@@ -112,13 +109,13 @@ where
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
             tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
-            shared.config.observe(Outcome::Corrupt);
+            config.observe(Outcome::Corrupt);
             Ok(Problem::RecordCorrupt.into_response())
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
-        Err(error) if shared.config.fail_open => {
+        Err(error) if config.fail_open => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; running the request unguarded (fail-open)");
-            shared.config.observe(Outcome::StoreFailed);
+            config.observe(Outcome::StoreFailed);
             drop(guard);
             parts.extensions.insert(key);
             let response = inner
@@ -128,7 +125,7 @@ where
         }
         Err(error) => {
             tracing::warn!(key = %store_key, %error, "idempotency: store failed; refusing the request (fail-closed)");
-            shared.config.observe(Outcome::StoreFailed);
+            config.observe(Outcome::StoreFailed);
             Ok(Problem::StoreUnavailable {
                 retry_after_secs: 1,
             }
