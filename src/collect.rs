@@ -1,15 +1,13 @@
 //! Reading bodies into memory, within limits.
 
-use std::{error::Error, pin::Pin};
+use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use crate::problems::Problem;
-
-type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Buffers a request body of at most `limit` bytes: 413 over it, without reading it all when
 /// `Content-Length` already says so.
@@ -20,7 +18,6 @@ pub(crate) async fn request_body<B>(
 ) -> Result<Bytes, Problem>
 where
     B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
 {
     let too_large = Problem::BodyTooLarge { limit };
     let declared = headers
@@ -31,11 +28,20 @@ where
     if declared.is_some_and(|len| len > limit_u64) || body.size_hint().lower() > limit_u64 {
         return Err(too_large);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large),
-        Err(_) => Err(Problem::BodyUnreadable),
+    // Most bodies come in one frame: kept as it came, with no copy and no buffer list.
+    let mut body = std::pin::pin!(body);
+    let mut chunks = Chunks::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Problem::BodyUnreadable)?;
+        // Request trailers are not kept: nothing downstream of the buffer reads them.
+        if let Ok(data) = frame.into_data() {
+            chunks.push(data);
+            if chunks.len > limit {
+                return Err(too_large);
+            }
+        }
     }
+    Ok(chunks.into_bytes())
 }
 
 /// A response body read for recording.

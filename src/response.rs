@@ -126,10 +126,11 @@ impl CompletedRecord {
         let record = match kind {
             KIND_TOMBSTONE => Self::Tombstone { status },
             KIND_RESPONSE => {
-                let headers = buf.headers()?;
+                // Room for the header that marks a replay.
+                let headers = buf.headers(1)?;
                 let body_len = buf.u32()? as usize;
                 let body = buf.take(body_len)?;
-                let trailers = buf.headers()?;
+                let trailers = buf.headers(0)?;
                 Self::Response(
                     RecordedResponse::new(status, headers, body).with_trailers(Some(trailers)),
                 )
@@ -199,13 +200,13 @@ impl Reader {
         self.array().map(u32::from_be_bytes)
     }
 
-    fn headers(&mut self) -> Result<HeaderMap, DecodeError> {
+    fn headers(&mut self, room: usize) -> Result<HeaderMap, DecodeError> {
         let count = self.u32()? as usize;
         // Each entry takes at least 6 bytes: refuse counts the input cannot hold.
         if count > self.0.len() / 6 {
             return Err(DecodeError::Truncated);
         }
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::with_capacity(count + room);
         for _ in 0..count {
             let name_len = usize::from(self.u16()?);
             let name = HeaderName::from_bytes(&self.take(name_len)?)
