@@ -249,7 +249,7 @@ where
     /// than `replicas` refuses every first execution until they come back, so ask for fewer
     /// replicas than each primary has. This closes the window of asynchronous replication, not
     /// every one: Redis can still lose acknowledged writes in rare failover races; for records
-    /// that must survive anything, put [`PostgresStore`](crate::PostgresStore) behind a
+    /// that must survive anything, put `PostgresStore` (feature `postgres`) behind a
     /// [`TieredStore`](crate::TieredStore).
     ///
     /// ```no_run
