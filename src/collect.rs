@@ -1,13 +1,15 @@
 //! Reading bodies into memory, within limits.
 
-use std::pin::Pin;
+use std::{error::Error, pin::Pin};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError};
 
 use crate::problems::Problem;
+
+type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Buffers a request body of at most `limit` bytes: 413 over it, without reading it all when
 /// `Content-Length` already says so.
@@ -18,6 +20,7 @@ pub(crate) async fn request_body<B>(
 ) -> Result<Bytes, Problem>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     let too_large = Problem::BodyTooLarge { limit };
     let declared = headers
@@ -32,7 +35,14 @@ where
     let mut body = std::pin::pin!(body);
     let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Problem::BodyUnreadable)?;
+        let frame = frame.map_err(|error| {
+            // A body limit further out (tower-http's `RequestBodyLimitLayer`) is still a 413.
+            if error.into().is::<LengthLimitError>() {
+                Problem::BodyTooLarge { limit }
+            } else {
+                Problem::BodyUnreadable
+            }
+        })?;
         // Request trailers are not kept: nothing downstream of the buffer reads them.
         if let Ok(data) = frame.into_data() {
             chunks.push(data);
@@ -182,5 +192,17 @@ mod tests {
         )
         .await;
         assert_eq!(exact.unwrap(), "12345");
+    }
+
+    #[tokio::test]
+    async fn a_limit_further_out_is_413_and_other_body_errors_400() {
+        let limited = http_body_util::Limited::new(Full::new(Bytes::from_static(b"123456")), 2);
+        let outer = request_body(&HeaderMap::new(), limited, 100).await;
+        assert_eq!(outer, Err(Problem::BodyTooLarge { limit: 100 }));
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Err(std::io::Error::other("connection reset"))];
+        let broken = StreamBody::new(futures_util::stream::iter(frames));
+        let broken = request_body(&HeaderMap::new(), broken, 100).await;
+        assert_eq!(broken, Err(Problem::BodyUnreadable));
     }
 }
