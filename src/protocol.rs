@@ -262,26 +262,25 @@ where
             return Ok(Problem::ResponseFailed.into_response());
         }
     };
-    match timed(
+    let completed = timed(
         config.store_timeout,
         store.complete(&key, &token, &fingerprint, &record, config.result_ttl),
     )
-    .await
-    {
+    .await;
+    // Whatever `complete` says, the key is never released from here: the handler ran.
+    guard.disarm();
+    match completed {
         Ok(true) => {
-            guard.disarm();
             tracing::debug!(key = %key, "idempotency: recorded");
             config.observe(recorded(&record));
         }
         Ok(false) => {
-            guard.disarm();
             tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
             config.observe(Outcome::LeaseLost);
         }
-        // The handler ran: releasing now would let a retry run it again. The lease stays, so
-        // retries get 409, and the record is written again in the background.
+        // Releasing now would let a retry run the handler again. The lease stays, so retries
+        // get 409, and the record is written again in the background.
         Err(error) => {
-            guard.disarm();
             tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
             config.observe(Outcome::StoreFailed);
             let retry = record_later(shared, key, token, fingerprint, record);

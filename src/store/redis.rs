@@ -290,13 +290,11 @@ where
     fn evalsha(&self, script: &Script, key: &StoreKey, args: usize, arg_bytes: usize) -> Cmd {
         let key_len = self.prefix.len() + 66;
         let mut cmd = Cmd::with_capacity(4 + args, 48 + key_len + arg_bytes);
+        let digest = key.hex_digits();
         cmd.arg("EVALSHA")
             .arg(script.get_hash())
             .arg(1)
-            .arg(RecordKey {
-                prefix: &self.prefix,
-                key,
-            });
+            .arg(Joined([self.prefix.as_bytes(), b"{", &digest, b"}"]));
         cmd
     }
 
@@ -329,56 +327,27 @@ where
     }
 }
 
-/// `{prefix}{<hex digest>}`, written straight into the command.
-struct RecordKey<'a> {
-    prefix: &'a str,
-    key: &'a StoreKey,
-}
+/// Byte strings written one after another as one argument, straight into the command's buffer:
+/// the record key and the values the scripts store are each built this way, without a copy.
+struct Joined<'a, const N: usize>([&'a [u8]; N]);
 
-impl ToRedisArgs for RecordKey<'_> {
+impl<const N: usize> ToRedisArgs for Joined<'_, N> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         let mut arg = out.writer_for_next_arg();
-        // Writes into the command's own buffer, which cannot fail.
-        let _ = arg.write_all(self.prefix.as_bytes());
-        let _ = arg.write_all(b"{");
-        let _ = arg.write_all(&self.key.hex_digits());
-        let _ = arg.write_all(b"}");
+        for part in self.0 {
+            // Writes into the command's own buffer, which cannot fail.
+            let _ = arg.write_all(part);
+        }
     }
 }
 
-/// An in-progress value, `p`, the fingerprint and the lease token, written straight into the
-/// command.
-struct InProgressValue<'a> {
-    fingerprint: &'a Fingerprint,
-    token: &'a LeaseToken,
-}
-
-impl ToRedisArgs for InProgressValue<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        let mut arg = out.writer_for_next_arg();
-        // Writes into the command's own buffer, which cannot fail.
-        let _ = arg.write_all(b"p");
-        let _ = arg.write_all(self.fingerprint.as_bytes());
-        let _ = arg.write_all(&self.token.to_bytes());
-    }
-}
-
-/// A completed record's value, `c`, the fingerprint and the encoded record, written straight
-/// into the command.
-struct CompletedValue<'a> {
-    fingerprint: &'a Fingerprint,
-    record: &'a CompletedRecord,
-}
-
-impl ToRedisArgs for CompletedValue<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        let record = self.record.encode();
-        let mut arg = out.writer_for_next_arg();
-        // Writes into the command's own buffer, which cannot fail.
-        let _ = arg.write_all(b"c");
-        let _ = arg.write_all(self.fingerprint.as_bytes());
-        let _ = arg.write_all(&record);
-    }
+/// An in-progress value: `p`, the fingerprint and the holder's lease token.
+fn in_progress_value(fingerprint: &Fingerprint, token: &LeaseToken) -> [u8; 49] {
+    let mut value = [0u8; 49];
+    value[0] = b'p';
+    value[1..33].copy_from_slice(fingerprint.as_bytes());
+    value[33..].copy_from_slice(&token.to_bytes());
+    value
 }
 
 /// One script call on the wire.
@@ -534,7 +503,7 @@ where
     ) -> Result<BeginOutcome, StoreError> {
         let script = &self.scripts.begin;
         let mut call = self.evalsha(script, key, 2, 49 + 20);
-        call.arg(InProgressValue { fingerprint, token })
+        call.arg(&in_progress_value(fingerprint, token)[..])
             .arg(millis(lease));
         let reply = self.invoke(script, call, true).await?;
         let acks = reply.acks;
@@ -556,11 +525,9 @@ where
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.complete;
         let mut call = self.evalsha(script, key, 3, 49 + 33 + record.encoded_len() + 20);
-        call.arg(InProgressValue { fingerprint, token })
-            .arg(CompletedValue {
-                fingerprint,
-                record,
-            })
+        let encoded = record.encode();
+        call.arg(&in_progress_value(fingerprint, token)[..])
+            .arg(Joined([b"c", fingerprint.as_bytes(), &encoded]))
             .arg(millis(ttl));
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("complete", reply)
@@ -593,8 +560,8 @@ where
         fingerprint: &Fingerprint,
     ) -> Result<Option<BeginOutcome>, StoreError> {
         let script = &self.scripts.peek;
-        let mut call = self.evalsha(script, key, 1, 32);
-        call.arg(&fingerprint.as_bytes()[..]);
+        // The client checks the fingerprint: the script takes no argument.
+        let call = self.evalsha(script, key, 0, 0);
         let reply = self.invoke(script, call, false).await?;
         parse_peek(reply.value, fingerprint)
     }
@@ -608,11 +575,9 @@ where
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.put_completed;
         let mut call = self.evalsha(script, key, 2, 33 + record.encoded_len() + 20);
-        call.arg(CompletedValue {
-            fingerprint,
-            record,
-        })
-        .arg(millis(ttl));
+        let encoded = record.encode();
+        call.arg(Joined([b"c", fingerprint.as_bytes(), &encoded]))
+            .arg(millis(ttl));
         let reply = self.invoke(script, call, false).await?;
         parse_flag("put_completed", reply.value)
     }
