@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use redis::AsyncCommands;
 use test_support::{unique_prefix, TestRedis};
-use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey};
+use tower_idempotency::{IdempotencyLayer, RedisStore, ReplayCache, StoreKey};
 
 use common::{logs, post, send, Handler};
 
@@ -17,6 +17,8 @@ struct RoundTrips {
     monitor: std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>,
     probe: redis::aio::MultiplexedConnection,
     marks: u32,
+    /// The commands scripts ran, by name, up to the last `since_last`.
+    scripted: Vec<String>,
 }
 
 impl RoundTrips {
@@ -31,6 +33,7 @@ impl RoundTrips {
             monitor: Box::pin(monitor),
             probe: redis.connection().await,
             marks: 0,
+            scripted: Vec::new(),
         };
         this.since_last().await;
         this
@@ -46,6 +49,7 @@ impl RoundTrips {
             .await
             .unwrap();
         let mut commands = Vec::new();
+        self.scripted.clear();
         loop {
             let line = tokio::time::timeout(common::DEADLINE, self.monitor.next())
                 .await
@@ -54,7 +58,7 @@ impl RoundTrips {
             if line.contains(&mark) {
                 return commands;
             }
-            if line.contains(" lua]") || line.contains("round-trip-mark-") {
+            if line.contains("round-trip-mark-") {
                 continue;
             }
             let name = line
@@ -62,7 +66,11 @@ impl RoundTrips {
                 .nth(1)
                 .unwrap_or_default()
                 .to_ascii_uppercase();
-            commands.push(name);
+            if line.contains(" lua]") {
+                self.scripted.push(name);
+            } else {
+                commands.push(name);
+            }
         }
     }
 }
@@ -84,6 +92,50 @@ async fn a_first_execution_costs_two_round_trips_and_a_replay_one() {
     let replay = send(&svc, post("/orders", Some("k"), "{}")).await;
     assert!(replay.replayed());
     assert_eq!(round_trips.since_last().await, ["EVALSHA"]);
+    assert_eq!(
+        round_trips.scripted,
+        ["GET"],
+        "a replay reads the record and nothing else"
+    );
+    assert_eq!(handler.executions(), 1);
+}
+
+/// A local replay tier asks Redis how long a record lives (the `PTTL` a plain replay skips),
+/// keeps it, and answers later replays without a round trip.
+#[tokio::test]
+async fn a_replay_cache_learns_the_expiry_and_then_skips_redis() {
+    let redis = TestRedis::start_own().await;
+    let connect = || async {
+        let store = RedisStore::connect(redis.url()).await.unwrap();
+        ReplayCache::new(store)
+    };
+    let handler = Handler::new();
+    let first = handler.service(IdempotencyLayer::new(connect().await));
+    let second = handler.service(IdempotencyLayer::new(connect().await));
+    let mut round_trips = RoundTrips::watch(&redis).await;
+
+    assert_eq!(
+        send(&first, post("/orders", Some("k"), "{}")).await.status,
+        StatusCode::CREATED
+    );
+    round_trips.since_last().await;
+
+    assert!(send(&second, post("/orders", Some("k"), "{}"))
+        .await
+        .replayed());
+    assert_eq!(round_trips.since_last().await, ["EVALSHA"]);
+    assert_eq!(round_trips.scripted, ["GET", "PTTL"]);
+
+    for service in [&first, &second] {
+        assert!(send(service, post("/orders", Some("k"), "{}"))
+            .await
+            .replayed());
+    }
+    assert_eq!(
+        round_trips.since_last().await,
+        Vec::<String>::new(),
+        "both instances replay from their caches"
+    );
     assert_eq!(handler.executions(), 1);
 }
 

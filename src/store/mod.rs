@@ -58,8 +58,8 @@ pub enum BeginOutcome {
     Completed {
         /// What the first request produced.
         record: CompletedRecord,
-        /// How long the store keeps the record from now, when it knows; caches must not keep it
-        /// longer.
+        /// How long the store keeps the record from now, when it knows (see
+        /// [`IdempotencyStore::begin_with_expiry`]); caches must not keep it longer.
         expires_in: Option<Duration>,
     },
     /// Another request holds the lease on this key.
@@ -92,6 +92,23 @@ pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
         token: &LeaseToken,
         lease: Duration,
     ) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send;
+
+    /// [`begin`](Self::begin), except that a [`BeginOutcome::Completed`] carries `expires_in`
+    /// whenever the store can tell it.
+    ///
+    /// Caches ([`ReplayCache`], [`TieredStore`]) call this, since they must not keep a record
+    /// longer than the store does; the layer calls `begin`, which may leave `expires_in` out
+    /// where finding it costs extra (`RedisStore`: a `PTTL` in every replay). The default calls
+    /// `begin`. A store that wraps another should forward both, or caches above it stay empty.
+    fn begin_with_expiry(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send {
+        self.begin(key, fingerprint, token, lease)
+    }
 
     /// Stores `record` for `ttl` in place of the caller's in-progress record.
     ///

@@ -30,16 +30,20 @@ use crate::{
 const DEFAULT_PREFIX: &str = "idempotency:";
 
 /// Replay, refuse, or acquire, in one round trip. `ARGV[1]` is the in-progress value the caller
-/// would write (`p`, fingerprint, token), `ARGV[2]` the lease. Returns `{0, fence}`,
-/// `{1, value, pttl}` (a completed value, whose fingerprint the client checks: the script copies
-/// nothing), `{2, pttl}`, `{3}` (another fingerprint) or `{4}` (not a record this store wrote).
-/// A `begin` that the client library sent twice (after a failover, say) finds its own lease and
-/// gets it back.
+/// would write (`p`, fingerprint, token), `ARGV[2]` the lease, and `ARGV[3]`, when present, asks
+/// for a replay's expiry. Returns `{0, fence}`; a completed value alone, or `{1, value, pttl}`
+/// when asked (the client checks its fingerprint: the script copies nothing); `{2, pttl}`; `{3}`
+/// (another fingerprint) or `{4}` (not a record this store wrote). A replay, the common reply,
+/// is one bulk string and one `GET`. A `begin` that the client library sent twice (after a
+/// failover, say) finds its own lease and gets it back.
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
   local state = string.byte(v, 1)
-  if state == 99 then return {1, v, redis.call('PTTL', KEYS[1])} end
+  if state == 99 then
+    if ARGV[3] then return {1, v, redis.call('PTTL', KEYS[1])} end
+    return v
+  end
   if state ~= 112 or #v ~= 49 then return {4} end
   if v ~= ARGV[1] then
     if string.sub(v, 2, 33) ~= string.sub(ARGV[1], 2, 33) then return {3} end
@@ -325,6 +329,32 @@ where
         }
         .map_err(StoreError::backend)
     }
+
+    /// `BEGIN`; `with_expiry` makes a replay also report how long the record lives.
+    async fn begin_call(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+        with_expiry: bool,
+    ) -> Result<BeginOutcome, StoreError> {
+        let script = &self.scripts.begin;
+        let mut call = self.evalsha(script, key, 3, 49 + 20 + 1);
+        call.arg(&in_progress_value(fingerprint, token)[..])
+            .arg(millis(lease));
+        if with_expiry {
+            call.arg(1);
+        }
+        let reply = self.invoke(script, call, true).await?;
+        let acks = reply.acks;
+        let outcome = parse_begin(reply.value, fingerprint)?;
+        // Only a lock must be on the replicas before the handler runs; reads need nothing.
+        if matches!(outcome, BeginOutcome::Acquired { .. }) {
+            Reply::replicated(acks)?;
+        }
+        Ok(outcome)
+    }
 }
 
 /// Byte strings written one after another as one argument, straight into the command's buffer:
@@ -424,15 +454,17 @@ fn unexpected(what: &'static str, value: &Value) -> StoreError {
 }
 
 fn parse_begin(value: Value, fingerprint: &Fingerprint) -> Result<BeginOutcome, StoreError> {
-    let Value::Array(mut items) = value else {
-        return Err(unexpected("begin", &value));
+    let mut items = match value {
+        Value::BulkString(value) => return completed(value.into(), fingerprint, None),
+        Value::Array(items) => items,
+        other => return Err(unexpected("begin", &other)),
     };
     match items.as_mut_slice() {
         [Value::Int(0), Value::Int(fence)] => Ok(BeginOutcome::Acquired {
             fencing_token: FencingToken::new(u64::try_from(*fence).unwrap_or(0)),
         }),
         [Value::Int(1), Value::BulkString(value), Value::Int(pttl)] => {
-            completed(std::mem::take(value).into(), fingerprint, *pttl)
+            completed(std::mem::take(value).into(), fingerprint, Some(*pttl))
         }
         [Value::Int(4)] => Err(corrupt_layout()),
         [Value::Int(2), Value::Int(pttl)] => Ok(BeginOutcome::InProgress {
@@ -444,11 +476,11 @@ fn parse_begin(value: Value, fingerprint: &Fingerprint) -> Result<BeginOutcome, 
 }
 
 /// A completed value, `c`, the fingerprint and the encoded record: a replay, or a mismatch.
-/// The replayed body and headers share the reply's memory.
+/// The replayed body and headers share the reply's memory. `pttl` is the key's, when asked for.
 fn completed(
     value: Bytes,
     fingerprint: &Fingerprint,
-    pttl: i64,
+    pttl: Option<i64>,
 ) -> Result<BeginOutcome, StoreError> {
     if value.len() < 33 {
         return Err(corrupt_layout());
@@ -458,7 +490,9 @@ fn completed(
     }
     Ok(BeginOutcome::Completed {
         record: CompletedRecord::decode_shared(value.slice(33..))?,
-        expires_in: u64::try_from(pttl).ok().map(Duration::from_millis),
+        expires_in: pttl
+            .and_then(|pttl| u64::try_from(pttl).ok())
+            .map(Duration::from_millis),
     })
 }
 
@@ -501,18 +535,17 @@ where
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
-        let script = &self.scripts.begin;
-        let mut call = self.evalsha(script, key, 2, 49 + 20);
-        call.arg(&in_progress_value(fingerprint, token)[..])
-            .arg(millis(lease));
-        let reply = self.invoke(script, call, true).await?;
-        let acks = reply.acks;
-        let outcome = parse_begin(reply.value, fingerprint)?;
-        // Only a lock must be on the replicas before the handler runs; reads need nothing.
-        if matches!(outcome, BeginOutcome::Acquired { .. }) {
-            Reply::replicated(acks)?;
-        }
-        Ok(outcome)
+        self.begin_call(key, fingerprint, token, lease, false).await
+    }
+
+    async fn begin_with_expiry(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        self.begin_call(key, fingerprint, token, lease, true).await
     }
 
     async fn complete(
@@ -625,6 +658,17 @@ mod tests {
                 record: record.clone(),
                 expires_in: Some(Duration::from_secs(1)),
             }
+        );
+        let mut bare = b"c".to_vec();
+        bare.extend_from_slice(&[7; 32]);
+        bare.extend_from_slice(&record.encode());
+        assert_eq!(
+            parse_begin(Value::BulkString(bare), &fp).unwrap(),
+            BeginOutcome::Completed {
+                record: record.clone(),
+                expires_in: None,
+            },
+            "a replay nobody asked the expiry of is the value alone"
         );
         assert_eq!(
             parse_begin(value([8; 32], &record.encode()), &fp).unwrap(),

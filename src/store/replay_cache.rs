@@ -232,7 +232,10 @@ impl<St: IdempotencyStore> IdempotencyStore for ReplayCache<St> {
         if let Some(outcome) = self.lookup(key, fingerprint) {
             return Ok(outcome);
         }
-        let outcome = self.inner.begin(key, fingerprint, token, lease).await?;
+        let outcome = self
+            .inner
+            .begin_with_expiry(key, fingerprint, token, lease)
+            .await?;
         if let BeginOutcome::Completed {
             record,
             expires_in: Some(expires_in),
@@ -241,6 +244,17 @@ impl<St: IdempotencyStore> IdempotencyStore for ReplayCache<St> {
             self.insert(*key, *fingerprint, record, *expires_in);
         }
         Ok(outcome)
+    }
+
+    async fn begin_with_expiry(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        // Cached answers carry their expiry already.
+        self.begin(key, fingerprint, token, lease).await
     }
 
     async fn complete(

@@ -80,7 +80,10 @@ impl<Fast: IdempotencyStore, Durable: IdempotencyStore> IdempotencyStore
                 tracing::warn!(key = %key, %error, "idempotency: fast tier failed; asking the durable one");
             }
         }
-        let outcome = self.durable.begin(key, fingerprint, token, lease).await?;
+        let outcome = self
+            .durable
+            .begin_with_expiry(key, fingerprint, token, lease)
+            .await?;
         if let BeginOutcome::Completed {
             record,
             expires_in: Some(expires_in),
@@ -89,6 +92,17 @@ impl<Fast: IdempotencyStore, Durable: IdempotencyStore> IdempotencyStore
             self.fill(key, fingerprint, record, *expires_in).await;
         }
         Ok(outcome)
+    }
+
+    async fn begin_with_expiry(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<BeginOutcome, StoreError> {
+        // The fast tier's peek and the durable call above both report the expiry.
+        self.begin(key, fingerprint, token, lease).await
     }
 
     async fn complete(
