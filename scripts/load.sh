@@ -8,14 +8,14 @@
 # ROUNDS times, in turn, and reports each variant's median round; each ratio is the median of
 # the ratios within a round (numerator and denominator measured minutes apart at most).
 #
-#   ./scripts/load.sh                         # 3 rounds of 10 s per variant, 64 connections
+#   ./scripts/load.sh                         # 5 rounds of 10 s per variant, 64 connections
 #   ROUNDS=1 DURATION=20 CONNECTIONS=128 ./scripts/load.sh
 #
 # The report is printed and written to target/load/report.md; raw wrk output sits beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 CONNECTIONS="${CONNECTIONS:-64}"
 out=target/load
 mkdir -p "$out"
@@ -51,14 +51,16 @@ export REDIS_URL="redis://127.0.0.1:$redis_port"
 until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 
 # name | server variant | wrk script | what it is
+# Run in this order: each target ratio's two variants run back to back (a then l, b1 then c,
+# b2 then d), so both see the same minute of a shared machine.
 variants=(
   "a|bare|fresh|no idempotency"
+  "l|ours-cached|replay|tower-idempotency, ReplayCache<RedisStore>, replays"
   "b1|manual-first|fresh|handler makes 2 EVALSHA by hand"
-  "b2|manual-replay|replay|handler makes 1 EVALSHA by hand"
   "c|ours-redis|fresh|tower-idempotency, RedisStore, first executions"
+  "b2|manual-replay|replay|handler makes 1 EVALSHA by hand"
   "d|ours-redis|replay|tower-idempotency, RedisStore, replays"
   "e|ours-memory|fresh|tower-idempotency, MemoryStore, first executions"
-  "l|ours-cached|replay|tower-idempotency, ReplayCache<RedisStore>, replays"
   "f|axum-idempotent|fresh|axum-idempotent 0.6, in-memory sessions (MokaStore), first executions"
   "f2|axum-idempotent|replay|axum-idempotent 0.6, in-memory sessions (MokaStore), replays"
 )
@@ -119,6 +121,9 @@ for entry in entries:
     runs[name] = [measure(name, r) for r in range(1, rounds + 1)]
     median = sorted(runs[name], key=lambda m: m["rps"])[(rounds - 1) // 2]
     rows.append((name, what, median, min(m["rps"] for m in runs[name]), max(m["rps"] for m in runs[name])))
+# Shown in the order of the letters, whatever order they ran in.
+display = ["a", "b1", "b2", "c", "d", "e", "l", "f", "f2"]
+rows.sort(key=lambda row: display.index(row[0]) if row[0] in display else len(display))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Load comparison: wrk, 1 thread, {connections} connections, {rounds} rounds of {duration} s per "
       f"variant, loopback; {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
