@@ -100,11 +100,14 @@ where
             config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
-            let req = Request::from_parts(parts, RequestBody::full(body));
             // A client that hangs up must not cut the handler off between its side effect and
-            // the record of it: then the execution finishes on a task of its own.
-            let execution = execute(inner, shared, guard, fingerprint, req);
-            Detachable::new(execution.in_current_span()).await
+            // the record of it: then the execution finishes on a task of its own. Built in a
+            // block of its own, so that this future does not keep room for the unboxed one.
+            let execution = {
+                let req = Request::from_parts(parts, RequestBody::full(body));
+                Detachable::new(execute(inner, shared, guard, fingerprint, req).in_current_span())
+            };
+            execution.await
         }
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
@@ -353,12 +356,12 @@ async fn with_renewal<St: IdempotencyStore, F: Future>(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match timed(
+            // Boxed: only slow handlers renew, and every execution's future would hold its room.
+            let renewal = Box::pin(timed(
                 config.store_timeout,
                 store.renew(key, token, config.lease_ttl),
-            )
-            .await
-            {
+            ));
+            match renewal.await {
                 Ok(true) => tracing::trace!(key = %key, "idempotency: lease renewed"),
                 Ok(false) => {
                     tracing::warn!(key = %key, "idempotency: lease lost while the handler runs; another request may run too");

@@ -11,6 +11,7 @@ macro_rules! conformance {
                 first_response_and_replay_are_identical,
                 quoted_and_bare_keys_are_the_same_key,
                 a_different_payload_is_422,
+                a_different_payload_is_a_mismatch_while_in_progress,
                 concurrent_duplicates_run_once_under_reject,
                 concurrent_duplicates_run_once_under_wait,
                 wait_gives_up_with_409_after_its_timeout,

@@ -2,8 +2,10 @@
 //!
 //! Each idempotency key is one Redis string, `{prefix}{<sha256 hex>}`, whose hash tag is the
 //! digest, so the store runs unchanged on Redis Cluster and Valkey. In progress it holds `p`, the
-//! 32-byte request fingerprint and the holder's 16-byte lease token, with the lease as its TTL;
-//! completed, `c`, the fingerprint and the encoded response, with the result TTL. One string keeps
+//! first 16 bytes of the request fingerprint and the holder's 16-byte lease token, with the lease
+//! as its TTL: 33 bytes, which Redis keeps in one allocation with its header (up to 44 bytes);
+//! 128 bits of SHA-256 tell a reused key from a retry as well as 256 do. Completed, it holds `c`,
+//! the whole fingerprint and the encoded response, with the result TTL. One string keeps
 //! each step to a `GET` and a `SET`, and the client builds every value a script writes or expects,
 //! so the scripts compare and store whole strings instead of slicing and joining them in Lua.
 //!
@@ -44,9 +46,9 @@ if v then
     if ARGV[3] then return {1, v, redis.call('PTTL', KEYS[1])} end
     return v
   end
-  if state ~= 112 or #v ~= 49 then return {4} end
+  if state ~= 112 or #v ~= 33 then return {4} end
   if v ~= ARGV[1] then
-    if string.sub(v, 2, 33) ~= string.sub(ARGV[1], 2, 33) then return {3} end
+    if string.sub(v, 2, 17) ~= string.sub(ARGV[1], 2, 17) then return {3} end
     return {2, redis.call('PTTL', KEYS[1])}
   end
 end
@@ -72,7 +74,7 @@ return 0
 /// Delete the caller's in-progress record.
 const RELEASE: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
+if not v or string.byte(v, 1) ~= 112 or string.sub(v, 18) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 ";
@@ -80,7 +82,7 @@ return 1
 /// Extend the caller's lease.
 const RENEW: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) ~= 112 or string.sub(v, 34) ~= ARGV[1] then return 0 end
+if not v or string.byte(v, 1) ~= 112 or string.sub(v, 18) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -340,7 +342,7 @@ where
         with_expiry: bool,
     ) -> Result<BeginOutcome, StoreError> {
         let script = &self.scripts.begin;
-        let mut call = self.evalsha(script, key, 3, 49 + 20 + 1);
+        let mut call = self.evalsha(script, key, 3, IN_PROGRESS_LEN + 20 + 1);
         call.arg(&in_progress_value(fingerprint, token)[..])
             .arg(millis(lease));
         if with_expiry {
@@ -371,12 +373,15 @@ impl<const N: usize> ToRedisArgs for Joined<'_, N> {
     }
 }
 
-/// An in-progress value: `p`, the fingerprint and the holder's lease token.
-fn in_progress_value(fingerprint: &Fingerprint, token: &LeaseToken) -> [u8; 49] {
-    let mut value = [0u8; 49];
+/// The length of an in-progress value; the scripts check it, and find the token after byte 17.
+const IN_PROGRESS_LEN: usize = 33;
+
+/// An in-progress value: `p`, the fingerprint's first 16 bytes and the holder's lease token.
+fn in_progress_value(fingerprint: &Fingerprint, token: &LeaseToken) -> [u8; IN_PROGRESS_LEN] {
+    let mut value = [0u8; IN_PROGRESS_LEN];
     value[0] = b'p';
-    value[1..33].copy_from_slice(fingerprint.as_bytes());
-    value[33..].copy_from_slice(&token.to_bytes());
+    value[1..17].copy_from_slice(&fingerprint.as_bytes()[..16]);
+    value[17..].copy_from_slice(&token.to_bytes());
     value
 }
 
@@ -557,7 +562,12 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.complete;
-        let mut call = self.evalsha(script, key, 3, 49 + 33 + record.encoded_len() + 20);
+        let mut call = self.evalsha(
+            script,
+            key,
+            3,
+            IN_PROGRESS_LEN + 33 + record.encoded_len() + 20,
+        );
         let encoded = record.encode();
         call.arg(&in_progress_value(fingerprint, token)[..])
             .arg(Joined([b"c", fingerprint.as_bytes(), &encoded]))
@@ -624,6 +634,19 @@ mod tests {
     fn prefixes_cannot_open_a_hash_tag() {
         assert_eq!(sanitize_prefix("a{b}:"), "a_b_:");
         assert_eq!(sanitize_prefix("idempotency:"), "idempotency:");
+    }
+
+    #[test]
+    fn in_progress_values_fit_the_scripts_and_one_redis_allocation() {
+        let fp = Fingerprint::from_bytes([7; 32]);
+        let token = LeaseToken::generate();
+        let value = in_progress_value(&fp, &token);
+        assert!(value.len() <= 44, "Redis embeds strings of up to 44 bytes");
+        assert!(BEGIN.contains(&format!("#v ~= {}", value.len())));
+        // Lua counts from 1: the token starts at byte 18.
+        assert_eq!(value[17..], token.to_bytes());
+        assert!(RELEASE.contains("string.sub(v, 18)") && RENEW.contains("string.sub(v, 18)"));
+        assert_eq!(value[1..17], fp.as_bytes()[..16]);
     }
 
     #[test]

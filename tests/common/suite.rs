@@ -74,6 +74,42 @@ pub async fn a_different_payload_is_422<St: IdempotencyStore>(store: St) {
     assert_eq!(handler.executions(), 1);
 }
 
+/// A key reused with another payload is a mismatch while the first request runs, too, not a
+/// conflict to wait out; the same payload is a conflict.
+pub async fn a_different_payload_is_a_mismatch_while_in_progress<St: IdempotencyStore>(store: St) {
+    let key = StoreKey::derive(None, "POST", "/orders", "in-progress");
+    let (first, other) = (
+        Fingerprint::sha256(b"{\"amount\":1}"),
+        Fingerprint::sha256(b"{\"amount\":2}"),
+    );
+    let lease = Duration::from_secs(30);
+    let holder = LeaseToken::generate();
+    assert!(matches!(
+        store.begin(&key, &first, &holder, lease).await.unwrap(),
+        BeginOutcome::Acquired { .. }
+    ));
+    let retry = LeaseToken::generate();
+    assert_eq!(
+        store.begin(&key, &other, &retry, lease).await.unwrap(),
+        BeginOutcome::Mismatch
+    );
+    assert!(matches!(
+        store.begin(&key, &first, &retry, lease).await.unwrap(),
+        BeginOutcome::InProgress { .. }
+    ));
+    let record = CompletedRecord::Tombstone {
+        status: StatusCode::CREATED,
+    };
+    assert!(store
+        .complete(&key, &holder, &first, &record, lease)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.begin(&key, &other, &retry, lease).await.unwrap(),
+        BeginOutcome::Mismatch
+    );
+}
+
 /// 64 requests with one key while the first is held: one runs, the rest get 409 at once.
 pub async fn concurrent_duplicates_run_once_under_reject<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
