@@ -222,6 +222,8 @@ fn record_size(record: &CompletedRecord) -> usize {
 }
 
 impl<St: IdempotencyStore> IdempotencyStore for ReplayCache<St> {
+    // Every replay it answers carries its expiry, so the default `begin_with_expiry` (which
+    // calls this) serves a cache stacked above, too.
     async fn begin(
         &self,
         key: &StoreKey,
@@ -244,17 +246,6 @@ impl<St: IdempotencyStore> IdempotencyStore for ReplayCache<St> {
             self.insert(*key, *fingerprint, record, *expires_in);
         }
         Ok(outcome)
-    }
-
-    async fn begin_with_expiry(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
-        token: &LeaseToken,
-        lease: Duration,
-    ) -> Result<BeginOutcome, StoreError> {
-        // Cached answers carry their expiry already.
-        self.begin(key, fingerprint, token, lease).await
     }
 
     async fn complete(

@@ -66,6 +66,8 @@ impl<Fast: IdempotencyStore, Durable: IdempotencyStore> TieredStore<Fast, Durabl
 impl<Fast: IdempotencyStore, Durable: IdempotencyStore> IdempotencyStore
     for TieredStore<Fast, Durable>
 {
+    // Every replay it answers carries its expiry (the fast tier's `peek` and the durable
+    // `begin_with_expiry` report it), so the default `begin_with_expiry` serves caches above.
     async fn begin(
         &self,
         key: &StoreKey,
@@ -92,17 +94,6 @@ impl<Fast: IdempotencyStore, Durable: IdempotencyStore> IdempotencyStore
             self.fill(key, fingerprint, record, *expires_in).await;
         }
         Ok(outcome)
-    }
-
-    async fn begin_with_expiry(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
-        token: &LeaseToken,
-        lease: Duration,
-    ) -> Result<BeginOutcome, StoreError> {
-        // The fast tier's peek and the durable call above both report the expiry.
-        self.begin(key, fingerprint, token, lease).await
     }
 
     async fn complete(
