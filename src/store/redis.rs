@@ -385,6 +385,14 @@ fn in_progress_value(fingerprint: &Fingerprint, token: &LeaseToken) -> [u8; IN_P
     value
 }
 
+/// The length of a completed value's head: `c` and the whole fingerprint; the record follows.
+const COMPLETED_HEAD_LEN: usize = 33;
+
+/// A completed value, written straight into the command: `c`, the fingerprint, the record.
+fn completed_value<'a>(fingerprint: &'a Fingerprint, encoded: &'a [u8]) -> Joined<'a, 3> {
+    Joined([b"c", fingerprint.as_bytes(), encoded])
+}
+
 /// One script call on the wire.
 enum Request {
     Plain(Cmd),
@@ -487,14 +495,14 @@ fn completed(
     fingerprint: &Fingerprint,
     pttl: Option<i64>,
 ) -> Result<BeginOutcome, StoreError> {
-    if value.len() < 33 {
+    if value.len() < COMPLETED_HEAD_LEN {
         return Err(corrupt_layout());
     }
-    if value[1..33] != fingerprint.as_bytes()[..] {
+    if value[1..COMPLETED_HEAD_LEN] != fingerprint.as_bytes()[..] {
         return Ok(BeginOutcome::Mismatch);
     }
     Ok(BeginOutcome::Completed {
-        record: CompletedRecord::decode_shared(value.slice(33..))?,
+        record: CompletedRecord::decode_shared(value.slice(COMPLETED_HEAD_LEN..))?,
         expires_in: pttl
             .and_then(|pttl| u64::try_from(pttl).ok())
             .map(Duration::from_millis),
@@ -566,11 +574,11 @@ where
             script,
             key,
             3,
-            IN_PROGRESS_LEN + 33 + record.encoded_len() + 20,
+            IN_PROGRESS_LEN + COMPLETED_HEAD_LEN + record.encoded_len() + 20,
         );
         let encoded = record.encode();
         call.arg(&in_progress_value(fingerprint, token)[..])
-            .arg(Joined([b"c", fingerprint.as_bytes(), &encoded]))
+            .arg(completed_value(fingerprint, &encoded))
             .arg(millis(ttl));
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("complete", reply)
@@ -617,9 +625,14 @@ where
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let script = &self.scripts.put_completed;
-        let mut call = self.evalsha(script, key, 2, 33 + record.encoded_len() + 20);
+        let mut call = self.evalsha(
+            script,
+            key,
+            2,
+            COMPLETED_HEAD_LEN + record.encoded_len() + 20,
+        );
         let encoded = record.encode();
-        call.arg(Joined([b"c", fingerprint.as_bytes(), &encoded]))
+        call.arg(completed_value(fingerprint, &encoded))
             .arg(millis(ttl));
         let reply = self.invoke(script, call, false).await?;
         parse_flag("put_completed", reply.value)
