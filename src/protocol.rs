@@ -277,10 +277,7 @@ where
             tracing::debug!(key = %key, "idempotency: recorded");
             config.observe(recorded(&record));
         }
-        Ok(false) => {
-            tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
-            config.observe(Outcome::LeaseLost);
-        }
+        Ok(false) => lease_lost_before_completion(config, &key),
         // Releasing now would let a retry run the handler again. The lease stays, so retries
         // get 409, and the record is written again in the background.
         Err(error) => {
@@ -299,6 +296,12 @@ fn recorded(record: &CompletedRecord) -> Outcome {
         CompletedRecord::Tombstone { .. } => Outcome::Tombstoned,
         CompletedRecord::Response(_) => Outcome::Recorded,
     }
+}
+
+/// The store refused a `complete`: another request holds the key now.
+fn lease_lost_before_completion(config: &Config, key: &StoreKey) {
+    tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+    config.observe(Outcome::LeaseLost);
 }
 
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -329,11 +332,7 @@ async fn record_later<St: IdempotencyStore>(
                 config.observe(recorded(&record));
                 return;
             }
-            Ok(false) => {
-                tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
-                config.observe(Outcome::LeaseLost);
-                return;
-            }
+            Ok(false) => return lease_lost_before_completion(config, &key),
             Err(error) => {
                 tracing::debug!(key = %key, %error, attempts, "idempotency: recording failed again")
             }
