@@ -33,7 +33,7 @@ impl Fingerprint {
 
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({})", crate::hex::encode(&self.0))
+        write!(f, "Fingerprint({})", crate::hex::Hex32::new(&self.0))
     }
 }
 

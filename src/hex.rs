@@ -1,34 +1,49 @@
 //! Lowercase hex encoding, too small to be worth a dependency.
 
+use std::fmt;
+
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-pub(crate) fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+/// A 32-byte digest as 64 lowercase hex digits, built without allocating: store keys are
+/// written once per store call.
+#[derive(Clone, Copy)]
+pub(crate) struct Hex32([u8; 64]);
+
+impl Hex32 {
+    pub(crate) fn new(bytes: &[u8; 32]) -> Self {
+        let mut out = [0u8; 64];
+        for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        Self(out)
     }
-    out
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
-/// Encodes 32 bytes without allocating: store keys are built once per store call.
-pub(crate) fn encode_32(bytes: &[u8; 32]) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+impl fmt::Display for Hex32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Hex32;
+
     #[test]
-    fn both_encoders_agree() {
+    fn encodes_every_byte_as_two_lowercase_digits() {
         let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
-        assert_eq!(
-            super::encode_32(&bytes).as_slice(),
-            super::encode(&bytes).as_bytes()
-        );
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Hex32::new(&bytes).as_str(), expected);
+        assert_eq!(Hex32::new(&bytes).as_bytes(), expected.as_bytes());
     }
 }

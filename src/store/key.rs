@@ -2,6 +2,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::hex::Hex32;
+
 /// The name of one idempotency record: a SHA-256 over the scope, method, path and key.
 ///
 /// Hashing keeps the client's raw key text out of store keys, so no key can escape a prefix,
@@ -40,12 +42,12 @@ impl StoreKey {
 
     /// The digest as 64 lowercase hex digits, safe in any store's key syntax.
     pub fn to_hex(&self) -> String {
-        crate::hex::encode(&self.0)
+        self.hex().as_str().to_owned()
     }
 
     /// [`to_hex`](Self::to_hex) without the allocation.
-    pub(crate) fn hex_digits(&self) -> [u8; 64] {
-        crate::hex::encode_32(&self.0)
+    pub(crate) fn hex(&self) -> Hex32 {
+        Hex32::new(&self.0)
     }
 }
 
@@ -62,8 +64,7 @@ impl fmt::Debug for StoreKey {
 
 impl fmt::Display for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Hex digits are ASCII.
-        f.write_str(std::str::from_utf8(&self.hex_digits()).unwrap_or_default())
+        self.hex().fmt(f)
     }
 }
 

@@ -296,11 +296,16 @@ where
     fn evalsha(&self, script: &Script, key: &StoreKey, args: usize, arg_bytes: usize) -> Cmd {
         let key_len = self.prefix.len() + 66;
         let mut cmd = Cmd::with_capacity(4 + args, 48 + key_len + arg_bytes);
-        let digest = key.hex_digits();
+        let digest = key.hex();
         cmd.arg("EVALSHA")
             .arg(script.get_hash())
             .arg(1)
-            .arg(Joined([self.prefix.as_bytes(), b"{", &digest, b"}"]));
+            .arg(Joined([
+                self.prefix.as_bytes(),
+                b"{",
+                digest.as_bytes(),
+                b"}",
+            ]));
         cmd
     }
 
