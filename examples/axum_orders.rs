@@ -13,12 +13,24 @@
 //!      -d '{"customer_id": "C001", "amount": 1200}'
 //! ```
 //!
+//! Keys are required: without `idempotency-key` the answer is 400. Keys are scoped by the
+//! caller (a demo authentication layer reads `Authorization: Bearer <user>-<token>`): every
+//! token of one user shares its keys, another user's same key is simply another order.
+//!
+//! ```not_rust
+//! curl -i localhost:3000/orders -H 'authorization: Bearer alice-1' -H 'idempotency-key: k-1' \
+//!      -H 'content-type: application/json' -d '{"customer_id": "C001", "amount": 1200}'
+//! curl -i localhost:3000/orders   # every order created, once each
+//! ```
+//!
 //! Environment: `BIND` (default 127.0.0.1:3000); `REDIS_URL` to keep records in Redis (default:
 //! in memory); `DATABASE_URL` for PostgreSQL (feature `postgres`), and with both,
 //! `IDEMPOTENCY_STORE=tiered` for Redis in front of PostgreSQL; `ORDER_DELAY_MS` (default 300), how long creating an order takes;
 //! `IDEMPOTENCY_CONFLICT` = `reject` (default) or `wait`; `IDEMPOTENCY_LEASE_MS`;
 //! `IDEMPOTENCY_TTL_S`.
 
+#[path = "support/auth.rs"]
+mod auth;
 #[path = "support/orders.rs"]
 mod orders;
 #[path = "support/store.rs"]
@@ -51,10 +63,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         book: OrderBook::default(),
         delay: settings.order_delay,
     };
-    // Only creating an order is covered; reads need no key.
-    let create = post(create_order);
+    // Only creating an order is covered; reads need no key. The caller is known before the
+    // idempotency layer runs (`.layer` wraps: the last one added runs first), and keys are
+    // scoped by it.
     let (layer, store) = settings.layer().await?;
-    let create = create.layer(layer);
+    let create = post(create_order)
+        .layer(layer.with_scope_from_extension::<auth::User>())
+        .layer(axum::middleware::from_fn(auth::authenticate));
     let router = Router::new()
         .route("/orders", create.get(list_orders))
         .route("/orders/{id}", get(get_order))

@@ -12,6 +12,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::{response::Frames, tee::Tee};
+
 pin_project! {
     /// The request body the inner service receives: the buffered bytes of a covered request, or
     /// the untouched body of a request the layer let through.
@@ -23,8 +25,8 @@ pin_project! {
 }
 
 pin_project! {
-    /// The response body the layer returns: a recorded or replayed body, a problem, or the inner
-    /// service's body (whole, or after a prefix the layer already read).
+    /// The response body the layer returns: a replayed body, a problem, or the inner service's
+    /// body (as it is, after frames the layer already read, or recorded while it streams).
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
@@ -36,9 +38,10 @@ pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Full { frames: Frames, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
-        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+        Prefixed { pending: std::vec::IntoIter<Bytes>, rest: Pin<Box<B>> },
+        Tee { tee: Tee<B> },
     }
 }
 
@@ -53,7 +56,7 @@ impl<B> RequestBody<B> {
     /// A body the layer buffered.
     pub fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::full(data, None),
+            kind: Kind::full(data),
         }
     }
 }
@@ -73,30 +76,41 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
-        Self::with_trailers(data, None)
-    }
-
-    pub(crate) fn with_trailers(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: Kind::full(data, trailers),
+            kind: Kind::full(data),
         }
     }
 
-    pub(crate) fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+    /// A recorded body: its frames as they came, then its trailers.
+    pub(crate) fn frames(frames: Frames, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            kind: Kind::Full { frames, trailers },
+        }
+    }
+
+    /// Frames the layer already read, then the rest of the inner body.
+    pub(crate) fn prefixed(pending: Vec<Bytes>, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::Prefixed {
-                prefix: (!prefix.is_empty()).then_some(prefix),
+                pending: pending.into_iter(),
                 rest,
             },
+        }
+    }
+
+    /// A body recorded while it streams.
+    pub(crate) fn tee(tee: Tee<B>) -> Self {
+        Self {
+            kind: Kind::Tee { tee },
         }
     }
 }
 
 impl<B> Kind<B> {
-    fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    fn full(data: Bytes) -> Self {
         Self::Full {
-            data: (!data.is_empty()).then_some(data),
-            trailers,
+            frames: Frames::new(data, Vec::new()),
+            trailers: None,
         }
     }
 }
@@ -107,36 +121,37 @@ impl<B: Body<Data = Bytes>> Kind<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project() {
-            KindProj::Full { data, trailers } => Poll::Ready(
-                data.take()
+            KindProj::Full { frames, trailers } => Poll::Ready(
+                frames
+                    .next()
                     .map(Frame::data)
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
             ),
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Prefixed { prefix, rest } => match prefix.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+            KindProj::Prefixed { pending, rest } => match pending.next() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None => rest.as_mut().poll_frame(cx),
             },
+            KindProj::Tee { tee } => tee.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Self::Full { frames, trailers } => frames.is_empty() && trailers.is_none(),
             Self::Inner { body } => body.is_end_stream(),
-            Self::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Self::Prefixed { pending, rest } => pending.len() == 0 && rest.is_end_stream(),
+            Self::Tee { tee } => tee.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Self::Full { frames, .. } => SizeHint::with_exact(frames.remaining() as u64),
             Self::Inner { body } => body.size_hint(),
-            Self::Prefixed { prefix, rest } => {
-                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
+            Self::Prefixed { pending, rest } => {
+                let extra: u64 = pending.as_slice().iter().map(|d| d.len() as u64).sum();
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower().saturating_add(extra));
@@ -145,6 +160,7 @@ impl<B: Body<Data = Bytes>> Kind<B> {
                 }
                 hint
             }
+            Self::Tee { tee } => tee.size_hint(),
         }
     }
 }
@@ -184,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn a_prefixed_body_yields_the_prefix_then_the_rest() {
         let body = ResponseBody::prefixed(
-            Bytes::from_static(b"head-"),
+            vec![Bytes::from_static(b"he"), Bytes::from_static(b"ad-")],
             Box::pin(Full::new(Bytes::from_static(b"tail"))),
         );
         assert_eq!(body.size_hint().exact(), Some(9));
@@ -195,8 +211,8 @@ mod tests {
     async fn a_full_body_yields_its_trailers_last() {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
-        let body = ResponseBody::<Full<Bytes>>::with_trailers(
-            Bytes::from_static(b"data"),
+        let body = ResponseBody::<Full<Bytes>>::frames(
+            Frames::new(Bytes::from_static(b"data"), Vec::new()),
             Some(trailers.clone()),
         );
         let collected = body.collect().await.unwrap();

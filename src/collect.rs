@@ -1,10 +1,10 @@
-//! Reading bodies into memory, within limits.
+//! Reading request bodies into memory, within a limit.
 
-use std::{error::Error, pin::Pin};
+use std::error::Error;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError};
 
 use crate::problems::Problem;
@@ -54,60 +54,6 @@ where
     Ok(chunks.into_bytes())
 }
 
-/// A response body read for recording.
-pub(crate) enum Collected<B> {
-    /// The whole body, within the limit, and its trailers.
-    Whole {
-        data: Bytes,
-        trailers: Option<HeaderMap>,
-    },
-    /// Over the limit: what was read so far, and the rest still to stream.
-    TooLarge { prefix: Bytes, rest: Pin<Box<B>> },
-    /// The body failed; the error's text, for the log.
-    Failed(String),
-}
-
-/// Reads a response body of at most `limit` bytes, with its trailers (gRPC needs them).
-pub(crate) async fn response_body<B>(body: B, limit: usize) -> Collected<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
-{
-    let mut body = Box::pin(body);
-    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
-    if body.size_hint().lower() > limit_u64 {
-        return Collected::TooLarge {
-            prefix: Bytes::new(),
-            rest: body,
-        };
-    }
-    let mut chunks = Chunks::default();
-    let mut trailers: Option<HeaderMap> = None;
-    while let Some(frame) = body.frame().await {
-        let data = match frame.map(Frame::into_data) {
-            Ok(Ok(data)) => data,
-            Ok(Err(frame)) => {
-                if let Ok(more) = frame.into_trailers() {
-                    trailers.get_or_insert_with(HeaderMap::new).extend(more);
-                }
-                continue;
-            }
-            Err(error) => return Collected::Failed(error.to_string()),
-        };
-        chunks.push(data);
-        if chunks.len > limit {
-            return Collected::TooLarge {
-                prefix: chunks.into_bytes(),
-                rest: body,
-            };
-        }
-    }
-    Collected::Whole {
-        data: chunks.into_bytes(),
-        trailers,
-    }
-}
-
 /// Body chunks, joined only when there is more than one.
 #[derive(Default)]
 struct Chunks {
@@ -143,7 +89,8 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full, StreamBody};
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
 
     fn stream(
         chunks: &[&'static str],
@@ -153,28 +100,6 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
             .collect();
         StreamBody::new(futures_util::stream::iter(frames))
-    }
-
-    #[tokio::test]
-    async fn joins_chunks_within_the_limit() {
-        let Collected::Whole { data, trailers } =
-            response_body(stream(&["ab", "cd", "e"]), 5).await
-        else {
-            panic!("expected the whole body");
-        };
-        assert_eq!(data, "abcde");
-        assert!(trailers.is_none());
-    }
-
-    #[tokio::test]
-    async fn over_the_limit_keeps_the_prefix_and_the_rest() {
-        let Collected::TooLarge { prefix, rest } =
-            response_body(stream(&["ab", "cd", "ef"]), 3).await
-        else {
-            panic!("expected too large");
-        };
-        assert_eq!(prefix, "abcd");
-        assert_eq!(rest.collect().await.unwrap().to_bytes(), "ef");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    layer::Shared,
+    config::Shared,
     store::{IdempotencyStore, LeaseToken, StoreKey},
 };
 

@@ -2,105 +2,21 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::{response, HeaderName, Method};
+use http::{HeaderName, Method};
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use crate::{
-    fingerprint::{DefaultFingerprint, MakeFingerprint},
-    outcome::{OnOutcome, Outcome},
+    config::Config,
+    fingerprint::MakeFingerprint,
+    in_progress::InProgressLimit,
+    key_format::KeyFormat,
+    outcome::OnOutcome,
     policy::{ConflictPolicy, HeaderFilter},
-    scope::MakeScope,
+    record_when::{self, RecordWhen},
+    scope::{MakeScope, ScopeFromExtension},
     service::IdempotencyService,
 };
-
-type RecordPredicate = dyn Fn(&response::Parts) -> bool + Send + Sync;
-
-/// The default request body limit: 1 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
-/// The default limit on a response body that is recorded: 1 MiB.
-pub const DEFAULT_RECORD_LIMIT: usize = 1024 * 1024;
-/// The default time a completed record is kept: 24 hours.
-pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// The default lease a running request holds, renewed while it runs: 30 seconds.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
-/// The default time limit on one store call: 2 seconds.
-pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The default cap on requests waiting under [`ConflictPolicy::Wait`].
-pub const DEFAULT_MAX_WAITERS: usize = 1024;
-
-/// Everything the service needs besides the store; shared by every clone.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) header_name: HeaderName,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) key_required: bool,
-    pub(crate) body_limit: usize,
-    pub(crate) record_limit: usize,
-    pub(crate) result_ttl: Duration,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) store_timeout: Duration,
-    pub(crate) conflict: ConflictPolicy,
-    pub(crate) waiters: Arc<Semaphore>,
-    pub(crate) record_when: Arc<RecordPredicate>,
-    pub(crate) replay_headers: HeaderFilter,
-    pub(crate) scope: Option<Arc<dyn MakeScope>>,
-    pub(crate) fingerprint: Arc<dyn MakeFingerprint>,
-    pub(crate) fail_open: bool,
-    pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
-}
-
-impl Config {
-    /// Hands `outcome` to the user's hook, if there is one.
-    pub(crate) fn observe(&self, outcome: Outcome) {
-        if let Some(hook) = &self.on_outcome {
-            hook.on_outcome(outcome);
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            header_name: HeaderName::from_static("idempotency-key"),
-            methods: vec![Method::POST, Method::PATCH],
-            key_required: false,
-            body_limit: DEFAULT_BODY_LIMIT,
-            record_limit: DEFAULT_RECORD_LIMIT,
-            result_ttl: DEFAULT_RESULT_TTL,
-            lease_ttl: DEFAULT_LEASE_TTL,
-            store_timeout: DEFAULT_STORE_TIMEOUT,
-            conflict: ConflictPolicy::Reject,
-            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
-            record_when: Arc::new(|parts: &response::Parts| !parts.status.is_server_error()),
-            replay_headers: HeaderFilter::default(),
-            scope: None,
-            fingerprint: Arc::new(DefaultFingerprint::new()),
-            fail_open: false,
-            on_outcome: None,
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("header_name", &self.header_name)
-            .field("methods", &self.methods)
-            .field("key_required", &self.key_required)
-            .field("body_limit", &self.body_limit)
-            .field("record_limit", &self.record_limit)
-            .field("result_ttl", &self.result_ttl)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("store_timeout", &self.store_timeout)
-            .field("conflict", &self.conflict)
-            .field("replay_headers", &self.replay_headers)
-            .field("scoped", &self.scope.is_some())
-            .field("fail_open", &self.fail_open)
-            .field("on_outcome", &self.on_outcome.is_some())
-            .finish_non_exhaustive()
-    }
-}
 
 /// Makes unsafe requests safe to retry: applies [`IdempotencyService`] to a service.
 ///
@@ -133,13 +49,6 @@ impl fmt::Debug for Config {
 pub struct IdempotencyLayer<St> {
     store: Arc<St>,
     config: Arc<Config>,
-}
-
-/// What every request through one service reads: the store and the settings, behind one
-/// reference count, so a request touches one shared counter instead of two.
-pub(crate) struct Shared<St> {
-    pub(crate) store: Arc<St>,
-    pub(crate) config: Arc<Config>,
 }
 
 impl<St> Clone for IdempotencyLayer<St> {
@@ -230,20 +139,34 @@ impl<St> IdempotencyLayer<St> {
         self.set(|c| c.waiters = Arc::new(Semaphore::new(max)))
     }
 
-    /// Decides which responses are recorded (default: all but 5xx). A response that is not
-    /// recorded releases the key, so a retry runs the handler again.
+    /// Decides which responses are recorded (default [`recorded_by_default`]: 2xx, 3xx and the
+    /// 4xx that describe a finished operation; for gRPC, the final `grpc-status` unless it is
+    /// transient). A response that is not recorded releases the key, so a retry runs the
+    /// handler again.
+    ///
+    /// The rule sees the response head, or the head and the trailers (see [`RecordWhen`]):
     ///
     /// ```
-    /// # use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    /// use http::{response, HeaderMap};
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
     /// // Record only successes: a 4xx may be fixed by the client and retried with the same key.
     /// let layer = IdempotencyLayer::new(MemoryStore::new())
-    ///     .with_record_when(|parts: &http::response::Parts| parts.status.is_success());
+    ///     .with_record_when(|parts: &response::Parts| parts.status.is_success());
+    ///
+    /// // gRPC: record OK only (the status is in the trailers, or in a trailers-only head).
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_record_when(
+    ///     |parts: &response::Parts, trailers: Option<&HeaderMap>| {
+    ///         let status = parts.headers.get("grpc-status").or(trailers.and_then(|t| t.get("grpc-status")));
+    ///         status.is_some_and(|code| code == "0")
+    ///     },
+    /// );
     /// ```
-    pub fn with_record_when<F>(self, predicate: F) -> Self
-    where
-        F: Fn(&response::Parts) -> bool + Send + Sync + 'static,
-    {
-        self.set(|c| c.record_when = Arc::new(predicate))
+    ///
+    /// [`recorded_by_default`]: crate::recorded_by_default
+    pub fn with_record_when<Args>(self, rule: impl RecordWhen<Args>) -> Self {
+        let rule = record_when::rule(rule);
+        self.set(|c| c.record_when = rule)
     }
 
     /// Chooses which response headers are recorded and replayed (default
@@ -253,11 +176,98 @@ impl<St> IdempotencyLayer<St> {
     }
 
     /// Separates keys by scope (tenant, user, API key); see [`MakeScope`].
+    ///
+    /// Scoped, another client's key is simply another key: it is neither replayed nor refused
+    /// with 422, so a client learns nothing about keys outside its scope. Take the scope from
+    /// who the caller *is* (a user or tenant id), never from a raw token: a token refresh would
+    /// make a retry look new and run it again. [`with_scope_from_extension`] does that for the
+    /// principal an authentication layer put in the request's extensions.
+    ///
+    /// [`with_scope_from_extension`]: Self::with_scope_from_extension
     pub fn with_scope(self, scope: impl MakeScope) -> Self {
         self.set(|c| c.scope = Some(Arc::new(scope)))
     }
 
-    /// Replaces the request fingerprint (default [`DefaultFingerprint`]); see [`MakeFingerprint`].
+    /// Scopes keys by the `T` an authentication layer (running before this one) put in the
+    /// request's extensions, by its `Display` text. A request without a `T` is unscoped.
+    ///
+    /// ```
+    /// use std::fmt;
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// /// Who the caller is, whichever of its tokens it sent.
+    /// #[derive(Clone)]
+    /// struct UserId(u64);
+    ///
+    /// impl fmt::Display for UserId {
+    ///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    ///         write!(f, "user:{}", self.0)
+    ///     }
+    /// }
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_scope_from_extension::<UserId>();
+    /// ```
+    pub fn with_scope_from_extension<T>(self) -> Self
+    where
+        T: fmt::Display + Send + Sync + 'static,
+    {
+        self.with_scope(ScopeFromExtension::<T>::new())
+    }
+
+    /// Names the request headers that identify a client when no scope is configured (default:
+    /// `Authorization`, `Cookie`, `Proxy-Authorization`, `X-Api-Key`); an empty list turns the
+    /// rule off.
+    ///
+    /// An unscoped record is bound to a digest of these headers' values: a request with the same
+    /// key but other credentials (another client, or the same one after a token refresh) is
+    /// refused with 422, never replayed and never run. Scoping keys
+    /// ([`with_scope_from_extension`](Self::with_scope_from_extension)) is better: a refreshed
+    /// token then still replays.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .with_credential_headers([http::header::AUTHORIZATION, HeaderName::from_static("x-tenant-key")]);
+    /// ```
+    pub fn with_credential_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names = names.into_iter().collect();
+        self.set(|c| c.credential_headers = names)
+    }
+
+    /// Refuses keys that do not have `format` with 400, the expected format in the problem's
+    /// detail (default [`KeyFormat::Any`]). Random keys (UUID v4 or v7) are what to ask for:
+    /// a guessable key is the IETF draft's named data-leak risk.
+    ///
+    /// ```
+    /// use tower_idempotency::{IdempotencyLayer, KeyFormat, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_key_format(KeyFormat::Uuid);
+    /// ```
+    pub fn with_key_format(self, format: KeyFormat) -> Self {
+        self.set(|c| c.key_format = format)
+    }
+
+    /// Caps the keys one scope may hold in progress at once in this process (default: no cap).
+    /// Past it, the scope's covered requests get 429 with `Retry-After` until one finishes.
+    ///
+    /// The scope is the configured one; unscoped requests count by their credentials (see
+    /// [`with_credential_headers`](Self::with_credential_headers)), and anonymous ones all
+    /// together. The count is per instance: with N instances a scope holds at most N times it.
+    ///
+    /// ```
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_max_in_progress_per_scope(64);
+    /// ```
+    pub fn with_max_in_progress_per_scope(self, max: usize) -> Self {
+        let limit = Arc::new(InProgressLimit::new(max));
+        self.set(|c| c.in_progress_limit = Some(limit))
+    }
+
+    /// Replaces the request fingerprint (default [`DefaultFingerprint`](crate::DefaultFingerprint)); see
+    /// [`MakeFingerprint`].
     pub fn with_fingerprint(self, fingerprint: impl MakeFingerprint) -> Self {
         self.set(|c| c.fingerprint = Arc::new(fingerprint))
     }
@@ -268,7 +278,7 @@ impl<St> IdempotencyLayer<St> {
         self.set(|c| c.fail_open = fail_open)
     }
 
-    /// Calls `hook` with every [`Outcome`] (acquired, replayed, conflict, ...), to count them in
+    /// Calls `hook` with every [`Outcome`](crate::Outcome) (acquired, replayed, conflict, ...), to count them in
     /// your metrics system. Every outcome is also a `tracing` event carrying the key's hash.
     pub fn with_on_outcome(self, hook: impl OnOutcome) -> Self {
         self.set(|c| c.on_outcome = Some(Arc::new(hook)))

@@ -71,32 +71,43 @@
 
 mod body;
 mod collect;
+mod config;
+mod credentials;
 mod detach;
 mod fingerprint;
 mod future;
+mod grpc;
 mod guard;
 mod hex;
+mod in_progress;
 mod key;
+mod key_format;
 mod layer;
 mod outcome;
 mod policy;
 pub mod problems;
 mod protocol;
+mod record;
+mod record_when;
 mod response;
 mod scope;
 mod service;
 mod store;
+mod tee;
 
 pub use body::{RequestBody, ResponseBody};
+pub use config::{
+    DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS, DEFAULT_RECORD_LIMIT,
+    DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
+};
 pub use fingerprint::{DefaultFingerprint, Fingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
 pub use key::{IdempotencyKey, InvalidKey, MAX_KEY_LEN};
-pub use layer::{
-    IdempotencyLayer, DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS,
-    DEFAULT_RECORD_LIMIT, DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
-};
+pub use key_format::KeyFormat;
+pub use layer::IdempotencyLayer;
 pub use outcome::{OnOutcome, Outcome};
 pub use policy::{ConflictPolicy, HeaderFilter};
+pub use record_when::{recorded_by_default, RecordWhen};
 pub use response::{CompletedRecord, DecodeError, RecordedResponse};
 pub use scope::MakeScope;
 pub use service::IdempotencyService;

@@ -10,6 +10,10 @@
 //! **400.** The key is empty, longer than 255 bytes, not visible ASCII, badly quoted, or the
 //! header appears more than once.
 //!
+//! # key-format
+//! **400.** The key does not have the format the route asks for (a UUID, a ULID, or a minimum
+//! length over an alphabet; see `KeyFormat`); the detail names it.
+//!
 //! # body-too-large
 //! **413.** The request body is over the layer's body limit. Nothing was stored and the handler
 //! did not run.
@@ -19,10 +23,16 @@
 //!
 //! # key-reused
 //! **422.** The key was first used with a different request (method, path, query, body, or the
-//! headers the fingerprint covers).
+//! headers the fingerprint covers), or, when keys are not scoped, by a request with other
+//! credentials (`Authorization`, `Cookie`, ...): a record is never replayed to another client.
 //!
 //! # in-progress
 //! **409** with `Retry-After`. A request with this key is still running.
+//!
+//! # too-many-in-progress
+//! **429** with `Retry-After`. This client (its scope, or its credentials when keys are not
+//! scoped) already holds as many requests in progress as the layer allows; retry when one of
+//! them has finished.
 //!
 //! # response-not-recorded
 //! **409**, no `Retry-After`. A request with this key already ran, but its response was too
@@ -36,15 +46,60 @@
 //! # record-corrupt
 //! **500.** The stored record for this key could not be read. The handler did not run again.
 //!
+//! # response-broken
+//! **409**, no `Retry-After`. A request with this key already ran, but its response body failed
+//! part-way (the first client saw a broken answer). The request may have taken effect, so it
+//! will not run again for this key; `original_status` gives the status the handler answered
+//! with.
+//!
 //! # response-failed
-//! **500.** The handler's response body failed before it could be recorded; the key was released.
+//! **500.** The handler's response body failed before any of it was sent. The request may have
+//! taken effect, so the key is kept (retries get `response-broken`), never run again.
+//!
+//! # gRPC
+//! To a gRPC request (`content-type: application/grpc*`) the same refusals are gRPC statuses,
+//! which gRPC clients understand: HTTP 200 with `grpc-status` and `grpc-message` (the `detail`)
+//! in a trailers-only answer, and `grpc-retry-pushback-ms` where HTTP sends `Retry-After`.
+//!
+//! | problem | gRPC status |
+//! | --- | --- |
+//! | key-missing, key-invalid, key-format, body-unreadable | `INVALID_ARGUMENT` (3) |
+//! | body-too-large, too-many-in-progress | `RESOURCE_EXHAUSTED` (8) |
+//! | key-reused | `FAILED_PRECONDITION` (9) |
+//! | in-progress | `ABORTED` (10) |
+//! | response-not-recorded, response-broken | `ALREADY_EXISTS` (6) |
+//! | store-unavailable | `UNAVAILABLE` (14) |
+//! | record-corrupt, response-failed | `INTERNAL` (13) |
 
 use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ResponseBody;
+use crate::{
+    body::ResponseBody,
+    grpc::{self, Code},
+    key_format::KeyFormat,
+};
+
+/// How the client speaks, and so how the layer answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// problem+json.
+    Http,
+    /// A gRPC status.
+    Grpc,
+}
+
+impl Dialect {
+    pub(crate) fn of(request: &http::HeaderMap) -> Self {
+        if grpc::is_grpc(request) {
+            Self::Grpc
+        } else {
+            Self::Http
+        }
+    }
+}
 
 const TYPE_BASE: &str =
     "https://docs.rs/tower-idempotency/latest/tower_idempotency/problems/index.html#";
@@ -54,11 +109,14 @@ const TYPE_BASE: &str =
 pub(crate) enum Problem {
     KeyMissing,
     KeyInvalid(&'static str),
+    KeyFormat(KeyFormat),
     BodyTooLarge { limit: usize },
     BodyUnreadable,
     KeyReused,
     InProgress { retry_after_secs: u64 },
+    TooManyInProgress { retry_after_secs: u64 },
     ResponseNotRecorded { original: StatusCode },
+    ResponseBroken { original: StatusCode },
     StoreUnavailable { retry_after_secs: u64 },
     RecordCorrupt,
     ResponseFailed,
@@ -77,6 +135,11 @@ impl Problem {
                 "key-invalid",
                 "Idempotency key invalid",
             ),
+            Self::KeyFormat(_) => (
+                StatusCode::BAD_REQUEST,
+                "key-format",
+                "Idempotency key has the wrong format",
+            ),
             Self::BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
@@ -93,11 +156,19 @@ impl Problem {
                 "Idempotency key reused",
             ),
             Self::InProgress { .. } => (StatusCode::CONFLICT, "in-progress", "Request in progress"),
+            Self::TooManyInProgress { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-in-progress",
+                "Too many requests in progress",
+            ),
             Self::ResponseNotRecorded { .. } => (
                 StatusCode::CONFLICT,
                 "response-not-recorded",
                 "Response not recorded",
             ),
+            Self::ResponseBroken { .. } => {
+                (StatusCode::CONFLICT, "response-broken", "Response broken")
+            }
             Self::StoreUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",
@@ -120,17 +191,30 @@ impl Problem {
         match self {
             Self::KeyMissing => "this request requires an Idempotency-Key header".to_owned(),
             Self::KeyInvalid(why) => (*why).to_owned(),
+            Self::KeyFormat(expected) => format!("the idempotency key must be {expected}"),
             Self::BodyTooLarge { limit } => {
                 format!("the request body is over the size limit (this layer's is {limit} bytes)")
             }
             Self::BodyUnreadable => "the request body could not be read".to_owned(),
-            Self::KeyReused => "this idempotency key was used with a different request".to_owned(),
+            Self::KeyReused => {
+                "this idempotency key was used with a different request or by another client"
+                    .to_owned()
+            }
             Self::InProgress { .. } => {
                 "a request with this idempotency key is still being processed".to_owned()
+            }
+            Self::TooManyInProgress { .. } => {
+                "too many of this client's requests are in progress; retry when one has finished"
+                    .to_owned()
             }
             Self::ResponseNotRecorded { original } => format!(
                 "a request with this idempotency key already completed with status {}, \
                  but its response was too large to record",
+                original.as_u16()
+            ),
+            Self::ResponseBroken { original } => format!(
+                "a request with this idempotency key already ran (status {}), but its response \
+                 failed part-way; it will not run again",
                 original.as_u16()
             ),
             Self::StoreUnavailable { .. } => {
@@ -139,7 +223,9 @@ impl Problem {
             Self::RecordCorrupt => {
                 "the stored result for this idempotency key could not be read".to_owned()
             }
-            Self::ResponseFailed => "the response failed before it could be recorded".to_owned(),
+            Self::ResponseFailed => "the response failed before it could be sent; the request \
+                 may have taken effect and will not run again for this key"
+                .to_owned(),
         }
     }
 
@@ -147,8 +233,47 @@ impl Problem {
         self.parts().0
     }
 
-    /// The problem as a response, with `Retry-After` where the status calls for it.
-    pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
+    /// The gRPC status this problem is to a gRPC client.
+    fn grpc_code(&self) -> Code {
+        match self {
+            Self::KeyMissing | Self::KeyInvalid(_) | Self::KeyFormat(_) | Self::BodyUnreadable => {
+                Code::InvalidArgument
+            }
+            Self::BodyTooLarge { .. } | Self::TooManyInProgress { .. } => Code::ResourceExhausted,
+            Self::KeyReused => Code::FailedPrecondition,
+            Self::InProgress { .. } => Code::Aborted,
+            Self::ResponseNotRecorded { .. } | Self::ResponseBroken { .. } => Code::AlreadyExists,
+            Self::StoreUnavailable { .. } => Code::Unavailable,
+            Self::RecordCorrupt | Self::ResponseFailed => Code::Internal,
+        }
+    }
+
+    /// When the client may try again, where the problem says.
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::InProgress { retry_after_secs }
+            | Self::TooManyInProgress { retry_after_secs }
+            | Self::StoreUnavailable { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        }
+    }
+
+    /// The problem as an answer in the client's dialect.
+    pub(crate) fn into_response<B>(self, dialect: Dialect) -> Response<ResponseBody<B>> {
+        match dialect {
+            Dialect::Http => self.into_problem_json(),
+            Dialect::Grpc => {
+                let mut response = Response::new(ResponseBody::full(Bytes::new()));
+                *response.headers_mut() =
+                    grpc::status_headers(self.grpc_code(), &self.detail(), self.retry_after_secs());
+                response
+            }
+        }
+    }
+
+    /// The problem as `application/problem+json`, with `Retry-After` where the status calls
+    /// for it.
+    fn into_problem_json<B>(self) -> Response<ResponseBody<B>> {
         let (status, slug, title) = self.parts();
         let mut json = String::with_capacity(256);
         json.push_str("{\"type\":");
@@ -158,7 +283,7 @@ impl Problem {
         let _ = write!(json, ",\"status\":{}", status.as_u16());
         json.push_str(",\"detail\":");
         push_json_string(&mut json, &self.detail());
-        if let Self::ResponseNotRecorded { original } = self {
+        if let Self::ResponseNotRecorded { original } | Self::ResponseBroken { original } = self {
             let _ = write!(json, ",\"original_status\":{}", original.as_u16());
         }
         json.push('}');
@@ -170,13 +295,8 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Self::InProgress { retry_after_secs } | Self::StoreUnavailable { retry_after_secs } =
-            self
-        {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -207,7 +327,7 @@ mod tests {
         let response = Problem::InProgress {
             retry_after_secs: 3,
         }
-        .into_response::<Empty<Bytes>>();
+        .into_response::<Empty<Bytes>>(Dialect::Http);
         assert_eq!(response.status(), StatusCode::CONFLICT);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         assert_eq!(
@@ -222,6 +342,26 @@ mod tests {
              \"title\":\"Request in progress\",\"status\":409,\
              \"detail\":\"a request with this idempotency key is still being processed\"}"
         );
+    }
+
+    #[test]
+    fn grpc_clients_get_a_status_with_a_pushback() {
+        let response = Problem::InProgress {
+            retry_after_secs: 3,
+        }
+        .into_response::<Empty<Bytes>>(Dialect::Grpc);
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "10");
+        assert_eq!(
+            headers["grpc-message"],
+            "a request with this idempotency key is still being processed"
+        );
+        assert_eq!(headers["grpc-retry-pushback-ms"], "3000");
+        assert!(headers.get(header::RETRY_AFTER).is_none());
+        let reused = Problem::KeyReused.into_response::<Empty<Bytes>>(Dialect::Grpc);
+        assert_eq!(reused.headers()["grpc-status"], "9");
     }
 
     #[test]

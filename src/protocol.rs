@@ -20,15 +20,18 @@ use tracing::Instrument;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    collect::{self, Collected},
+    collect,
+    config::{Config, Shared},
+    credentials::Credentials,
     detach::Detachable,
     guard::ReleaseGuard,
+    in_progress::{Bucket, InProgressPermit},
     key::IdempotencyKey,
-    layer::{Config, Shared},
     outcome::Outcome,
     policy::ConflictPolicy,
-    problems::Problem,
-    response::{CompletedRecord, RecordedResponse},
+    problems::{Dialect, Problem},
+    record,
+    response::CompletedRecord,
     store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey},
     Fingerprint,
 };
@@ -50,6 +53,7 @@ pub(crate) async fn run<S, St, ReqBody, ResBody>(
     mut inner: S,
     shared: Arc<Shared<St>>,
     key: IdempotencyKey,
+    dialect: Dialect,
     req: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
@@ -68,11 +72,19 @@ where
         Ok(body) => body,
         Err(problem) => {
             config.observe(Outcome::Refused);
-            return Ok(problem.into_response());
+            return Ok(problem.into_response(dialect));
         }
     };
-    let fingerprint = config.fingerprint.fingerprint(&parts, &body);
     let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
+    let mut fingerprint = config.fingerprint.fingerprint(&parts, &body);
+    // Unscoped, a record is bound to its client's credentials: no response crosses clients.
+    let credentials = match scope {
+        Some(_) => None,
+        None => Credentials::of(&parts.headers, &config.credential_headers),
+    };
+    if let Some(credentials) = &credentials {
+        fingerprint = credentials.bind(fingerprint);
+    }
     let store_key = StoreKey::derive(
         scope.as_deref().map(str::as_bytes),
         parts.method.as_str(),
@@ -80,11 +92,28 @@ where
         key.as_str(),
     );
     tracing::Span::current().record("key", tracing::field::display(&store_key));
+    let permit = match &config.in_progress_limit {
+        None => None,
+        Some(limit) => {
+            match limit.try_acquire(Bucket::of(scope.as_deref(), credentials.as_ref())) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(key = %store_key, "idempotency: too many requests in progress for this client");
+                    config.observe(Outcome::Refused);
+                    return Ok(Problem::TooManyInProgress {
+                        retry_after_secs: 1,
+                    }
+                    .into_response(dialect));
+                }
+            }
+        }
+    };
     let mut guard = ReleaseGuard::new(Arc::clone(&shared), store_key, LeaseToken::generate());
 
     match decide(
         &*shared.store,
         config,
+        dialect,
         &store_key,
         &fingerprint,
         &guard.token,
@@ -105,7 +134,8 @@ where
             // block of its own, so that this future does not keep room for the unboxed one.
             let execution = {
                 let req = Request::from_parts(parts, RequestBody::full(body));
-                Detachable::new(execute(inner, shared, guard, fingerprint, req).in_current_span())
+                let execution = execute(inner, shared, guard, fingerprint, permit, dialect, req);
+                Detachable::new(execution.in_current_span())
             };
             execution.await
         }
@@ -113,7 +143,7 @@ where
             guard.disarm();
             tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
             config.observe(Outcome::Corrupt);
-            Ok(Problem::RecordCorrupt.into_response())
+            Ok(Problem::RecordCorrupt.into_response(dialect))
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
         Err(error) if config.fail_open => {
@@ -132,7 +162,7 @@ where
             Ok(Problem::StoreUnavailable {
                 retry_after_secs: 1,
             }
-            .into_response())
+            .into_response(dialect))
         }
     }
 }
@@ -141,6 +171,7 @@ where
 async fn decide<St: IdempotencyStore, B>(
     store: &St,
     config: &Config,
+    dialect: Dialect,
     key: &StoreKey,
     fingerprint: &Fingerprint,
     token: &LeaseToken,
@@ -157,12 +188,12 @@ async fn decide<St: IdempotencyStore, B>(
             BeginOutcome::Completed { record, .. } => {
                 tracing::debug!(key = %key, "idempotency: replayed");
                 config.observe(Outcome::Replayed);
-                return Ok(Decision::Respond(replay(record)));
+                return Ok(Decision::Respond(replay(record, dialect)));
             }
             BeginOutcome::Mismatch => {
                 tracing::debug!(key = %key, "idempotency: key reused with another request");
                 config.observe(Outcome::Mismatch);
-                return Ok(Decision::Respond(Problem::KeyReused.into_response()));
+                return Ok(Decision::Respond(Problem::KeyReused.into_response(dialect)));
             }
             BeginOutcome::InProgress { retry_after } => retry_after.unwrap_or(config.lease_ttl),
         };
@@ -173,7 +204,7 @@ async fn decide<St: IdempotencyStore, B>(
                 Problem::InProgress {
                     retry_after_secs: ceil_secs(retry_after),
                 }
-                .into_response(),
+                .into_response(dialect),
             ))
         };
         let ConflictPolicy::Wait { poll, timeout } = config.conflict else {
@@ -208,137 +239,36 @@ struct Waiting<'a> {
     delay: Duration,
 }
 
-/// Runs the handler under its lease, then records or releases: steps 7 and 8.
+/// Runs the handler under its lease (step 7), then hands its response to [`record`].
 async fn execute<S, St, ReqBody, ResBody>(
     mut inner: S,
     shared: Arc<Shared<St>>,
-    mut guard: ReleaseGuard<St>,
+    guard: ReleaseGuard<St>,
     fingerprint: Fingerprint,
+    // Counts this key against its scope's cap until the execution is settled.
+    permit: Option<InProgressPermit>,
+    dialect: Dialect,
     req: Request<RequestBody<ReqBody>>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     St: IdempotencyStore,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: fmt::Display,
 {
-    let (key, token) = (guard.key, guard.token);
     let (store, config): (&St, &Config) = (&shared.store, &shared.config);
-    let response = match with_renewal(store, config, &key, &token, inner.call(req)).await {
-        Ok(response) => response,
+    let handled = with_renewal(store, config, &guard.key, &guard.token, inner.call(req)).await;
+    match handled {
+        Ok(response) => {
+            Ok(record::record(shared, guard, fingerprint, permit, dialect, response).await)
+        }
         Err(error) => {
-            tracing::debug!(key = %key, "idempotency: handler failed; releasing");
+            tracing::debug!(key = %guard.key, "idempotency: handler failed; releasing");
             config.observe(Outcome::Released);
             guard.release().await;
-            return Err(error);
-        }
-    };
-    let (parts, body) = response.into_parts();
-    if !(config.record_when)(&parts) {
-        tracing::debug!(key = %key, status = parts.status.as_u16(), "idempotency: response not recordable; releasing");
-        config.observe(Outcome::Released);
-        guard.release().await;
-        return Ok(Response::from_parts(parts, ResponseBody::new(body)));
-    }
-    let (record, body) = match collect::response_body(body, config.record_limit).await {
-        Collected::Whole { data, trailers } => {
-            let filter = &config.replay_headers;
-            let record = CompletedRecord::Response(
-                RecordedResponse::new(parts.status, filter.apply(&parts.headers), data.clone())
-                    .with_trailers(trailers.as_ref().map(|t| filter.apply(t))),
-            );
-            (record, ResponseBody::with_trailers(data, trailers))
-        }
-        Collected::TooLarge { prefix, rest } => {
-            tracing::warn!(key = %key, limit = config.record_limit, "idempotency: response too large to record; keeping a tombstone");
-            (
-                CompletedRecord::Tombstone {
-                    status: parts.status,
-                },
-                ResponseBody::prefixed(prefix, rest),
-            )
-        }
-        Collected::Failed(error) => {
-            tracing::warn!(key = %key, %error, "idempotency: response body failed; releasing");
-            config.observe(Outcome::Released);
-            guard.release().await;
-            return Ok(Problem::ResponseFailed.into_response());
-        }
-    };
-    let completed = timed(
-        config.store_timeout,
-        store.complete(&key, &token, &fingerprint, &record, config.result_ttl),
-    )
-    .await;
-    // Whatever `complete` says, the key is never released from here: the handler ran.
-    guard.disarm();
-    match completed {
-        Ok(true) => {
-            tracing::debug!(key = %key, "idempotency: recorded");
-            config.observe(recorded(&record));
-        }
-        Ok(false) => lease_lost_before_completion(config, &key),
-        // Releasing now would let a retry run the handler again. The lease stays, so retries
-        // get 409, and the record is written again in the background.
-        Err(error) => {
-            tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
-            config.observe(Outcome::StoreFailed);
-            let retry = record_later(shared, key, token, fingerprint, record);
-            tokio::spawn(retry.in_current_span());
+            Err(error)
         }
     }
-    Ok(Response::from_parts(parts, body))
-}
-
-/// What landing `record` in the store is called.
-fn recorded(record: &CompletedRecord) -> Outcome {
-    match record {
-        CompletedRecord::Tombstone { .. } => Outcome::Tombstoned,
-        CompletedRecord::Response(_) => Outcome::Recorded,
-    }
-}
-
-/// The store refused a `complete`: another request holds the key now.
-fn lease_lost_before_completion(config: &Config, key: &StoreKey) {
-    tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
-    config.observe(Outcome::LeaseLost);
-}
-
-const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
-const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// Writes a record whose `complete` failed (a store outage, a failover) until it lands, the
-/// store refuses it, or a lease's length has gone by. Token-checked like every `complete`: once
-/// the lease is over, it can only fail.
-async fn record_later<St: IdempotencyStore>(
-    shared: Arc<Shared<St>>,
-    key: StoreKey,
-    token: LeaseToken,
-    fingerprint: Fingerprint,
-    record: CompletedRecord,
-) {
-    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
-    let deadline = Instant::now() + config.lease_ttl;
-    let mut delay = RECORD_RETRY_FIRST;
-    let mut attempts = 1u32;
-    while Instant::now() + delay < deadline {
-        sleep(delay).await;
-        delay = (delay * 2).min(RECORD_RETRY_MAX);
-        attempts += 1;
-        let call = store.complete(&key, &token, &fingerprint, &record, config.result_ttl);
-        match timed(config.store_timeout, call).await {
-            Ok(true) => {
-                tracing::info!(key = %key, attempts, "idempotency: recorded after retrying");
-                config.observe(recorded(&record));
-                return;
-            }
-            Ok(false) => return lease_lost_before_completion(config, &key),
-            Err(error) => {
-                tracing::debug!(key = %key, %error, attempts, "idempotency: recording failed again")
-            }
-        }
-    }
-    tracing::error!(key = %key, attempts, "idempotency: could not record the response; once its lease ends, a retry runs the handler again");
 }
 
 /// Drives `handler` while renewing the lease every third of its length.
@@ -349,34 +279,41 @@ async fn with_renewal<St: IdempotencyStore, F: Future>(
     token: &LeaseToken,
     handler: F,
 ) -> F::Output {
-    let period = (config.lease_ttl / 3).max(MIN_POLL);
-    let renewal = async {
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            // Boxed: only slow handlers renew, and every execution's future would hold its room.
-            let renewal = Box::pin(timed(
-                config.store_timeout,
-                store.renew(key, token, config.lease_ttl),
-            ));
-            match renewal.await {
-                Ok(true) => tracing::trace!(key = %key, "idempotency: lease renewed"),
-                Ok(false) => {
-                    tracing::warn!(key = %key, "idempotency: lease lost while the handler runs; another request may run too");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(key = %key, %error, "idempotency: lease renewal failed")
-                }
-            }
-        }
-    };
     tokio::pin!(handler);
     tokio::select! {
         biased;
         output = &mut handler => output,
-        () = renewal => handler.await,
+        () = keep_renewed(store, config, key, token) => handler.await,
+    }
+}
+
+/// Renews the lease every third of its length; returns only once the lease is lost.
+pub(crate) async fn keep_renewed<St: IdempotencyStore>(
+    store: &St,
+    config: &Config,
+    key: &StoreKey,
+    token: &LeaseToken,
+) {
+    let period = (config.lease_ttl / 3).max(MIN_POLL);
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // Boxed: only slow handlers renew, and every execution's future would hold its room.
+        let renewal = Box::pin(timed(
+            config.store_timeout,
+            store.renew(key, token, config.lease_ttl),
+        ));
+        match renewal.await {
+            Ok(true) => tracing::trace!(key = %key, "idempotency: lease renewed"),
+            Ok(false) => {
+                tracing::warn!(key = %key, "idempotency: lease lost while the handler runs; another request may run too");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(key = %key, %error, "idempotency: lease renewal failed")
+            }
+        }
     }
 }
 
@@ -384,7 +321,7 @@ pin_project! {
     /// A store call bounded by the layer's store timeout. A plain future rather than an
     /// `async fn`, which would keep the call in its state twice (as argument and as awaited
     /// timeout): store calls sit in every request's state machine.
-    struct Timed<F> {
+    pub(crate) struct Timed<F> {
         #[pin]
         call: tokio::time::Timeout<F>,
     }
@@ -404,7 +341,7 @@ where
     }
 }
 
-fn timed<F: Future>(limit: Duration, call: F) -> Timed<F> {
+pub(crate) fn timed<F: Future>(limit: Duration, call: F) -> Timed<F> {
     Timed {
         call: tokio::time::timeout(limit, call),
     }
@@ -419,20 +356,24 @@ fn ceil_secs(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// The recorded response, as the first request got it, marked as a replay.
-fn replay<B>(record: CompletedRecord) -> Response<ResponseBody<B>> {
+/// The recorded response, as the first request got it (frame by frame, trailers last), marked
+/// as a replay.
+fn replay<B>(record: CompletedRecord, dialect: Dialect) -> Response<ResponseBody<B>> {
     let mut response = match record {
-        CompletedRecord::Response(recorded) => {
-            let mut response = Response::new(ResponseBody::with_trailers(
-                recorded.body,
-                recorded.trailers,
-            ));
-            *response.status_mut() = recorded.status;
-            *response.headers_mut() = recorded.headers;
+        CompletedRecord::Response(mut recorded) => {
+            let status = recorded.status;
+            let headers = std::mem::take(&mut recorded.headers);
+            let (frames, trailers) = recorded.into_replay();
+            let mut response = Response::new(ResponseBody::frames(frames, trailers));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
             response
         }
         CompletedRecord::Tombstone { status } => {
-            Problem::ResponseNotRecorded { original: status }.into_response()
+            Problem::ResponseNotRecorded { original: status }.into_response(dialect)
+        }
+        CompletedRecord::Broken { status } => {
+            Problem::ResponseBroken { original: status }.into_response(dialect)
         }
     };
     response

@@ -3,26 +3,34 @@
 //! Layout (all integers big-endian):
 //!
 //! ```text
-//! version: u8 = 1
-//! kind:    u8        0 = response, 1 = tombstone (response too large to keep)
+//! version: u8        1 or 2
+//! kind:    u8        0 = response, 1 = tombstone (response too large to keep),
+//!                    2 = broken (the body failed mid-stream; version 2 only)
 //! status:  u16
 //! -- kind 0 only --
 //! headers:  u32 count, then per value: u16 name length, name, u32 value length, value
 //! body:     u32 length, bytes
+//! frames:   (version 2 only) u32 count, then count u32 lengths that add up to the body's;
+//!           count 0: the body is one frame
 //! trailers: u32 count (0: none), then as headers
 //! ```
+//!
+//! A record that version 1 can express (one frame, not broken) is written as version 1, so
+//! instances still running 0.1 during a rolling upgrade read what newer ones write.
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const VERSION_2: u8 = 2;
 const KIND_RESPONSE: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
+const KIND_BROKEN: u8 = 2;
 
-/// A response kept so that a retry can get it back: status, the replayable headers, the body,
-/// and the trailers (gRPC carries its status there).
+/// A response kept so that a retry can get it back: status, the replayable headers, the body
+/// with its frame boundaries, and the trailers (gRPC carries its status there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecordedResponse {
@@ -34,6 +42,8 @@ pub struct RecordedResponse {
     pub body: Bytes,
     /// Trailers to replay after the body, if the response had any.
     pub trailers: Option<HeaderMap>,
+    /// The length of each frame the body came in; empty when it is one frame.
+    frame_lengths: Vec<u32>,
 }
 
 impl RecordedResponse {
@@ -44,6 +54,44 @@ impl RecordedResponse {
             headers,
             body,
             trailers: None,
+            frame_lengths: Vec::new(),
+        }
+    }
+
+    /// A response whose body came in `frames`, kept apart on replay (an SSE replay is the same
+    /// events in the same writes).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_idempotency::RecordedResponse;
+    ///
+    /// let events = [Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")];
+    /// let recorded = RecordedResponse::from_frames(StatusCode::OK, HeaderMap::new(), events.clone());
+    /// assert_eq!(recorded.body, "data: 1\n\ndata: 2\n\n");
+    /// assert_eq!(recorded.frames().collect::<Vec<_>>(), events);
+    /// ```
+    pub fn from_frames(
+        status: StatusCode,
+        headers: HeaderMap,
+        frames: impl IntoIterator<Item = Bytes>,
+    ) -> Self {
+        let mut frames = frames.into_iter();
+        let Some(first) = frames.next() else {
+            return Self::new(status, headers, Bytes::new());
+        };
+        let Some(second) = frames.next() else {
+            return Self::new(status, headers, first);
+        };
+        let mut body = BytesMut::from(&first[..]);
+        let mut frame_lengths = vec![len_u32(first.len())];
+        for frame in std::iter::once(second).chain(frames) {
+            frame_lengths.push(len_u32(frame.len()));
+            body.extend_from_slice(&frame);
+        }
+        Self {
+            frame_lengths,
+            ..Self::new(status, headers, body.freeze())
         }
     }
 
@@ -51,6 +99,56 @@ impl RecordedResponse {
     pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
         self.trailers = trailers.filter(|t| !t.is_empty());
         self
+    }
+
+    /// The body as the frames it came in (sharing the body's memory).
+    pub fn frames(&self) -> impl Iterator<Item = Bytes> + '_ {
+        let mut frames = self.replay_frames();
+        std::iter::from_fn(move || frames.next())
+    }
+
+    /// The frames a replay sends, sharing the body's memory.
+    pub(crate) fn replay_frames(&self) -> Frames {
+        Frames::new(self.body.clone(), self.frame_lengths.clone())
+    }
+
+    /// Splits the record into what a replay sends: the frames, then the trailers.
+    pub(crate) fn into_replay(self) -> (Frames, Option<HeaderMap>) {
+        (Frames::new(self.body, self.frame_lengths), self.trailers)
+    }
+}
+
+/// A body handed out frame by frame, each a slice of one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    rest: Bytes,
+    lengths: std::vec::IntoIter<u32>,
+}
+
+impl Frames {
+    /// `lengths` as in a record: empty for one frame; lengths add up to the body's.
+    pub(crate) fn new(body: Bytes, lengths: Vec<u32>) -> Self {
+        Self {
+            rest: body,
+            lengths: lengths.into_iter(),
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Bytes> {
+        match self.lengths.next() {
+            Some(len) => Some(self.rest.split_to((len as usize).min(self.rest.len()))),
+            None if self.rest.is_empty() => None,
+            None => Some(std::mem::take(&mut self.rest)),
+        }
+    }
+
+    /// Bytes not handed out yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty() && self.lengths.len() == 0
     }
 }
 
@@ -67,47 +165,69 @@ pub enum CompletedRecord {
         /// The status the handler answered with.
         status: StatusCode,
     },
+    /// The request ran, but its response body failed part-way (the client saw a broken answer).
+    /// The side effect may have happened, so retries must not run it again; they get a `409`
+    /// problem that says so.
+    Broken {
+        /// The status the handler answered with.
+        status: StatusCode,
+    },
 }
 
 impl CompletedRecord {
     /// The length of [`encode`](Self::encode)'s output, without encoding.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Self::Tombstone { .. } => 4,
+            Self::Tombstone { .. } | Self::Broken { .. } => 4,
             Self::Response(response) => {
                 let trailers = response.trailers.as_ref().map_or(4, headers_len);
-                4 + headers_len(&response.headers) + 4 + response.body.len() + trailers
+                let frames = match response.frame_lengths.len() {
+                    0 => 0,
+                    n => 4 + 4 * n,
+                };
+                4 + headers_len(&response.headers) + 4 + response.body.len() + frames + trailers
             }
         }
     }
 
     /// Encodes the record in the crate's versioned binary format.
     pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
         match self {
-            Self::Tombstone { status } => {
-                let mut out = BytesMut::with_capacity(4);
-                out.put_u8(VERSION);
-                out.put_u8(KIND_TOMBSTONE);
+            Self::Tombstone { status } | Self::Broken { status } => {
+                let (version, kind) = match self {
+                    Self::Broken { .. } => (VERSION_2, KIND_BROKEN),
+                    _ => (VERSION_1, KIND_TOMBSTONE),
+                };
+                out.put_u8(version);
+                out.put_u8(kind);
                 out.put_u16(status.as_u16());
-                out.freeze()
             }
             Self::Response(response) => {
-                let empty = HeaderMap::new();
-                let trailers = response.trailers.as_ref().unwrap_or(&empty);
-                let mut out = BytesMut::with_capacity(self.encoded_len());
-                out.put_u8(VERSION);
+                let framed = !response.frame_lengths.is_empty();
+                out.put_u8(if framed { VERSION_2 } else { VERSION_1 });
                 out.put_u8(KIND_RESPONSE);
                 out.put_u16(response.status.as_u16());
                 put_headers(&mut out, &response.headers);
                 out.put_u32(len_u32(response.body.len()));
                 out.put_slice(&response.body);
-                put_headers(&mut out, trailers);
-                out.freeze()
+                if framed {
+                    out.put_u32(len_u32(response.frame_lengths.len()));
+                    for &len in &response.frame_lengths {
+                        out.put_u32(len);
+                    }
+                }
+                match &response.trailers {
+                    Some(trailers) => put_headers(&mut out, trailers),
+                    None => out.put_u32(0),
+                }
             }
         }
+        out.freeze()
     }
 
-    /// Decodes bytes made by [`encode`](Self::encode). Never panics, whatever the input.
+    /// Decodes bytes made by [`encode`](Self::encode) (or by 0.1). Never panics, whatever the
+    /// input.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         Self::decode_shared(Bytes::copy_from_slice(input))
     }
@@ -117,7 +237,7 @@ impl CompletedRecord {
     pub fn decode_shared(input: Bytes) -> Result<Self, DecodeError> {
         let buf = &mut Reader(input);
         let version = buf.u8()?;
-        if version != VERSION {
+        if version != VERSION_1 && version != VERSION_2 {
             return Err(DecodeError::UnknownVersion(version));
         }
         let kind = buf.u8()?;
@@ -125,15 +245,22 @@ impl CompletedRecord {
             StatusCode::from_u16(buf.u16()?).map_err(|_| DecodeError::Invalid("status"))?;
         let record = match kind {
             KIND_TOMBSTONE => Self::Tombstone { status },
+            KIND_BROKEN if version == VERSION_2 => Self::Broken { status },
             KIND_RESPONSE => {
                 // Room for the header that marks a replay.
                 let headers = buf.headers(1)?;
                 let body_len = buf.u32()? as usize;
                 let body = buf.take(body_len)?;
+                let frame_lengths = if version == VERSION_2 {
+                    buf.frame_lengths(body_len)?
+                } else {
+                    Vec::new()
+                };
                 let trailers = buf.headers(0)?;
-                Self::Response(
-                    RecordedResponse::new(status, headers, body).with_trailers(Some(trailers)),
-                )
+                Self::Response(RecordedResponse {
+                    frame_lengths,
+                    ..RecordedResponse::new(status, headers, body).with_trailers(Some(trailers))
+                })
             }
             _ => return Err(DecodeError::Invalid("record kind")),
         };
@@ -198,6 +325,20 @@ impl Reader {
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
         self.array().map(u32::from_be_bytes)
+    }
+
+    /// Frame lengths that must add up to `body_len`.
+    fn frame_lengths(&mut self, body_len: usize) -> Result<Vec<u32>, DecodeError> {
+        let count = self.u32()? as usize;
+        if count > self.0.len() / 4 {
+            return Err(DecodeError::Truncated);
+        }
+        let lengths: Vec<u32> = (0..count).map(|_| self.u32()).collect::<Result<_, _>>()?;
+        let total: u64 = lengths.iter().map(|&len| u64::from(len)).sum();
+        if total != body_len as u64 {
+            return Err(DecodeError::Invalid("frame lengths"));
+        }
+        Ok(lengths)
     }
 
     fn headers(&mut self, room: usize) -> Result<HeaderMap, DecodeError> {
@@ -305,6 +446,105 @@ mod tests {
                 "prefix of {len} bytes decoded"
             );
         }
+    }
+
+    /// Bytes `CompletedRecord::encode` wrote in 0.1 (version 1), checked in as they were.
+    const WRITTEN_BY_0_1: &[u8] =
+        b"\x01\x00\x00\xc9\x00\x00\x00\x03\x00\x08location\x00\x00\x00\x09/orders/1\
+        \x00\x07x-multi\x00\x00\x00\x03one\x00\x07x-multi\x00\x00\x00\x03two\
+        \x00\x00\x00\x08{\"id\":1}\x00\x00\x00\x01\x00\x0bgrpc-status\x00\x00\x00\x010";
+
+    #[test]
+    fn records_written_by_0_1_still_decode() {
+        let CompletedRecord::Response(decoded) = CompletedRecord::decode(WRITTEN_BY_0_1).unwrap()
+        else {
+            panic!("not a response");
+        };
+        assert_eq!(decoded.status, StatusCode::CREATED);
+        assert_eq!(decoded.headers["location"], "/orders/1");
+        let multi: Vec<_> = decoded.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"]);
+        assert_eq!(decoded.body, "{\"id\":1}");
+        assert_eq!(decoded.frames().collect::<Vec<_>>(), ["{\"id\":1}"]);
+        assert_eq!(decoded.trailers.unwrap()["grpc-status"], "0");
+        assert_eq!(
+            CompletedRecord::decode(&[1, 1, 0, 202]).unwrap(),
+            CompletedRecord::Tombstone {
+                status: StatusCode::ACCEPTED
+            }
+        );
+    }
+
+    #[test]
+    fn one_frame_is_still_written_as_version_1() {
+        let encoded = sample().encode();
+        assert_eq!(
+            encoded[0], 1,
+            "0.1 instances read it during a rolling upgrade"
+        );
+        let mut headers = HeaderMap::new();
+        headers.append("location", HeaderValue::from_static("/orders/1"));
+        headers.append("x-multi", HeaderValue::from_static("one"));
+        headers.append("x-multi", HeaderValue::from_static("two"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let same = CompletedRecord::Response(
+            RecordedResponse::new(
+                StatusCode::CREATED,
+                headers,
+                Bytes::from_static(b"{\"id\":1}"),
+            )
+            .with_trailers(Some(trailers)),
+        );
+        assert_eq!(&same.encode()[..], WRITTEN_BY_0_1);
+    }
+
+    #[test]
+    fn frames_and_broken_records_round_trip_as_version_2() {
+        let frames =
+            [&b"data: 1\n\n"[..], b"data: 2\n\n", b"", b"event: done\n\n"].map(Bytes::from_static);
+        let record = CompletedRecord::Response(RecordedResponse::from_frames(
+            StatusCode::OK,
+            HeaderMap::new(),
+            frames.clone(),
+        ));
+        let encoded = record.encode();
+        assert_eq!(encoded[0], 2);
+        assert_eq!(record.encoded_len(), encoded.len());
+        let decoded = CompletedRecord::decode(&encoded).unwrap();
+        assert_eq!(decoded, record);
+        let CompletedRecord::Response(decoded) = decoded else {
+            panic!("not a response");
+        };
+        assert_eq!(decoded.frames().collect::<Vec<_>>(), frames);
+
+        let broken = CompletedRecord::Broken {
+            status: StatusCode::OK,
+        };
+        assert_eq!(broken.encode()[..], [2, 2, 0, 200]);
+        assert_eq!(CompletedRecord::decode(&broken.encode()).unwrap(), broken);
+        assert!(
+            CompletedRecord::decode(&[1, 2, 0, 200]).is_err(),
+            "version 1 has no kind 2"
+        );
+    }
+
+    #[test]
+    fn frame_lengths_must_add_up_to_the_body() {
+        let record = CompletedRecord::Response(RecordedResponse::from_frames(
+            StatusCode::OK,
+            HeaderMap::new(),
+            [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")],
+        ));
+        let mut encoded = record.encode().to_vec();
+        // version, kind, status, 0 headers, body length 4, "abcd", 2 frames, then lengths 2, 2.
+        let first_length = 4 + 4 + 4 + 4 + 4;
+        assert_eq!(encoded[first_length..first_length + 4], [0, 0, 0, 2]);
+        encoded[first_length + 3] = 3;
+        assert_eq!(
+            CompletedRecord::decode(&encoded),
+            Err(DecodeError::Invalid("frame lengths"))
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Scopes: keeping one client's keys apart from another's.
 
+use std::{fmt, marker::PhantomData};
+
 use http::request::Parts;
 
 /// Names the scope a request's key lives in: a tenant, an API key, a user id.
@@ -30,5 +32,21 @@ where
 {
     fn scope(&self, parts: &Parts) -> Option<String> {
         self(parts)
+    }
+}
+
+/// The scope is the `Display` text of a `T` in the request's extensions; see
+/// [`IdempotencyLayer::with_scope_from_extension`](crate::IdempotencyLayer::with_scope_from_extension).
+pub(crate) struct ScopeFromExtension<T>(PhantomData<fn() -> T>);
+
+impl<T> ScopeFromExtension<T> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T: fmt::Display + Send + Sync + 'static> MakeScope for ScopeFromExtension<T> {
+    fn scope(&self, parts: &Parts) -> Option<String> {
+        parts.extensions.get::<T>().map(T::to_string)
     }
 }

@@ -15,11 +15,12 @@ use tracing::Instrument;
 
 use crate::{
     body::{RequestBody, ResponseBody},
+    config::{Config, Shared},
     future::ResponseFuture,
     key,
-    layer::{Config, IdempotencyLayer, Shared},
+    layer::IdempotencyLayer,
     outcome::Outcome,
-    problems::Problem,
+    problems::{Dialect, Problem},
     protocol,
     store::IdempotencyStore,
 };
@@ -116,29 +117,39 @@ where
         if !self.shared.config.methods.contains(req.method()) {
             return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
         }
-        let key = match key::extract(req.headers(), &self.shared.config.header_name) {
+        let config = &self.shared.config;
+        let key = match key::extract(req.headers(), &config.header_name) {
             Ok(Some(key)) => key,
-            Ok(None) if !self.shared.config.key_required => {
+            Ok(None) if !config.key_required => {
                 return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
             }
-            Ok(None) => return respond(&self.shared.config, Problem::KeyMissing),
-            Err(error) => return respond(&self.shared.config, Problem::KeyInvalid(error.detail())),
+            Ok(None) => return refuse(config, &req, Problem::KeyMissing),
+            Err(error) => return refuse(config, &req, Problem::KeyInvalid(error.detail())),
         };
+        if let Err(expected) = config.key_format.check(&key) {
+            return refuse(config, &req, Problem::KeyFormat(expected));
+        }
+        let dialect = Dialect::of(req.headers());
         // The instance polled ready is the one that must be called; keep a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         // The key's hash is recorded on the span once the protocol has derived it.
         let span = tracing::debug_span!("idempotency", key = tracing::field::Empty);
-        let future = protocol::run(inner, Arc::clone(&self.shared), key, req);
+        let future = protocol::run(inner, Arc::clone(&self.shared), key, dialect, req);
         ResponseFuture::guarded(Box::pin(future.instrument(span)))
     }
 }
 
-fn respond<F, B, E>(config: &Config, problem: Problem) -> ResponseFuture<F, B, E> {
+/// Answers `req` with `problem` before the store is asked.
+fn refuse<F, B, E, T>(
+    config: &Config,
+    req: &Request<T>,
+    problem: Problem,
+) -> ResponseFuture<F, B, E> {
     tracing::debug!(
         status = problem.status().as_u16(),
         "idempotency: request refused"
     );
     config.observe(Outcome::Refused);
-    ResponseFuture::ready(problem.into_response())
+    ResponseFuture::ready(problem.into_response(Dialect::of(req.headers())))
 }

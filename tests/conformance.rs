@@ -29,6 +29,9 @@ macro_rules! conformance {
                 waiters_are_capped,
                 hostile_keys_are_hashed_or_refused,
                 a_panicking_handler_releases_the_key,
+                unscoped_records_never_cross_credentials,
+                scoped_by_principal_replays_across_tokens_and_isolates_users,
+                in_progress_keys_are_capped_per_scope,
             );
         }
     )+};

@@ -3,90 +3,24 @@
 
 mod common;
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
+use common::example_process::{example_binary, start_example, ExampleProcess as Example};
 use test_support::TestRedis;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-/// A running example, killed on drop.
-struct Example {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries' folder.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    dir.join("examples").join(name)
-}
-
+/// Starts an orders example, on `redis` when given, with a 500 ms order delay unless `extra`
+/// sets another.
 async fn start(name: &str, redis: Option<&TestRedis>, extra: &[(&str, &str)]) -> Example {
-    // A free port can be taken by another test before the example binds it: the example then
-    // exits, and we try another port.
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut command = Command::new(example_binary(name));
-        command
-            .env("BIND", &addr)
-            .env("ORDER_DELAY_MS", "500")
-            .env("RUST_LOG", "warn")
-            .env_remove("REDIS_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("IDEMPOTENCY_STORE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(redis) = redis {
-            command.env("REDIS_URL", redis.url());
-        }
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        let mut example = Example {
-            child: command
-                .spawn()
-                .expect("example binary (built by cargo test)"),
-            addr,
-        };
-        let deadline = tokio::time::Instant::now() + common::DEADLINE;
-        loop {
-            if example.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if TcpStream::connect(&example.addr).await.is_ok() {
-                return example;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} did not start listening"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let mut env = vec![("ORDER_DELAY_MS", "500")];
+    if let Some(redis) = redis {
+        env.push(("REDIS_URL", redis.url()));
     }
-    panic!("{name} exited at start-up five times")
+    env.extend_from_slice(extra);
+    start_example(name, &env).await
 }
 
 struct Reply {
@@ -106,13 +40,26 @@ impl Reply {
 
 /// One HTTP/1.1 exchange on a fresh connection.
 async fn request(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
+    let key = key.map(|key| ("idempotency-key", key));
+    request_with(addr, method, path, key.as_slice(), body).await
+}
+
+/// One HTTP/1.1 exchange on a fresh connection, with these headers.
+async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let key = key
-        .map(|k| format!("idempotency-key: {k}\r\n"))
-        .unwrap_or_default();
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\n\
-         {key}content-length: {}\r\n\r\n{body}",
+         {headers}content-length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -249,6 +196,65 @@ async fn axum_orders_with_redis() {
 async fn axum_orders_with_the_wait_policy() {
     let example = start("axum_orders", None, &[("IDEMPOTENCY_CONFLICT", "wait")]).await;
     wait_policy_replays_to_the_duplicate(&example).await;
+}
+
+/// axum_orders scopes keys by the caller its demo auth layer finds: a user's refreshed token
+/// replays; another user's same key is another order (no replay, no 422).
+#[tokio::test]
+async fn axum_orders_scopes_keys_by_user() {
+    let example = start("axum_orders", None, &[("ORDER_DELAY_MS", "0")]).await;
+    let order = |token: &'static str| {
+        let addr = example.addr.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            let headers = [("idempotency-key", "1"), ("authorization", auth.as_str())];
+            request_with(&addr, "POST", "/orders", &headers, ORDER).await
+        }
+    };
+    let alice = order("alice-1").await;
+    assert_eq!(alice.status, 201);
+    let refreshed = order("alice-2").await;
+    assert_eq!(refreshed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(refreshed.body, alice.body);
+    let mallory = order("mallory-1").await;
+    assert_eq!(mallory.status, 201);
+    assert_eq!(mallory.header("idempotent-replayed"), None);
+    assert_ne!(mallory.body, alice.body);
+    assert_eq!(order("nodash").await.status, 401);
+    let list = request(&example.addr, "GET", "/orders", None, "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
+
+/// hyper_orders has no scope: a record is bound to its client's credentials, so another
+/// client with the same key and body is refused, never replayed and never run.
+#[tokio::test]
+async fn hyper_orders_never_replays_to_other_credentials() {
+    let example = start("hyper_orders", None, &[("ORDER_DELAY_MS", "0")]).await;
+    let addr = example.addr.as_str();
+    let as_client = |token: &'static str| [("idempotency-key", "1"), ("authorization", token)];
+    let alice = request_with(
+        addr,
+        "POST",
+        "/orders",
+        &as_client("Bearer alice-secret"),
+        ORDER,
+    )
+    .await;
+    assert_eq!(alice.status, 201);
+    let mallory = request_with(
+        addr,
+        "POST",
+        "/orders",
+        &as_client("Bearer mallory-secret"),
+        ORDER,
+    )
+    .await;
+    assert_eq!(mallory.status, 422, "{}", mallory.body);
+    assert!(!mallory.body.contains("ord_"), "{}", mallory.body);
+    let list = request(addr, "GET", "/orders", None, "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
 
 #[tokio::test]

@@ -217,7 +217,7 @@ fn record_size(record: &CompletedRecord) -> usize {
                 + response.body.len()
                 + response.trailers.as_ref().map_or(0, headers)
         }
-        CompletedRecord::Tombstone { .. } => 0,
+        CompletedRecord::Tombstone { .. } | CompletedRecord::Broken { .. } => 0,
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod counting_store;
+pub mod example_process;
 pub mod logs;
 pub mod suite;
 
@@ -67,6 +68,33 @@ impl Handler {
     pub fn service<St: IdempotencyStore>(&self, layer: IdempotencyLayer<St>) -> TestService {
         let handler = self.clone();
         let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(move |req: Request<RequestBody<TestBody>>| handler.clone().handle(req));
+        BoxCloneService::new(svc)
+    }
+
+    /// Wraps the handler in `layer` behind a demo authentication layer: `Authorization: Bearer
+    /// <user>-<n>` puts [`User`]`(<user>)` in the request's extensions, so every token of one
+    /// user names the same principal.
+    pub fn service_behind_auth<St: IdempotencyStore>(
+        &self,
+        layer: IdempotencyLayer<St>,
+    ) -> TestService {
+        let handler = self.clone();
+        let svc = ServiceBuilder::new()
+            .map_request(|mut req: Request<TestBody>| {
+                let user = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(|token| token.rsplit_once('-'))
+                    .map(|(user, _)| User(user.to_owned()));
+                if let Some(user) = user {
+                    req.extensions_mut().insert(user);
+                }
+                req
+            })
             .layer(layer)
             .service_fn(move |req: Request<RequestBody<TestBody>>| handler.clone().handle(req));
         BoxCloneService::new(svc)
@@ -138,6 +166,29 @@ impl Handler {
         };
         Ok(response.expect("valid response"))
     }
+}
+
+/// The principal the demo authentication layer of [`Handler::service_behind_auth`] finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User(pub String);
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `req` with `name: value` added.
+pub fn with_header(
+    mut req: Request<TestBody>,
+    name: &'static str,
+    value: &str,
+) -> Request<TestBody> {
+    req.headers_mut().append(
+        name,
+        HeaderValue::from_str(value).expect("valid header value"),
+    );
+    req
 }
 
 /// A POST to `path` with an optional key and a body.

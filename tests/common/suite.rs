@@ -14,7 +14,7 @@ use tower_idempotency::{
 
 use super::{
     counting_store::CountingStore, eventually, post, post_raw_key, post_streaming, send,
-    send_until_not, try_send, Answer, Handler, DEADLINE,
+    send_until_not, try_send, with_header, Answer, Handler, User, DEADLINE,
 };
 
 pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store: St) {
@@ -619,4 +619,120 @@ pub async fn a_panicking_handler_releases_the_key<St: IdempotencyStore>(store: S
         2,
         "the retry ran instead of waiting out the lease"
     );
+}
+
+/// Unscoped, a record is bound to its client's credentials: another client with the same key
+/// (and body) is refused, never replayed, and so is the same client after a token refresh;
+/// nothing runs twice.
+pub async fn unscoped_records_never_cross_credentials<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let as_client = |credentials: Option<(&'static str, &str)>| {
+        let req = post("/orders", Some("1"), "{\"amount\":1200}");
+        match credentials {
+            Some((name, value)) => with_header(req, name, value),
+            None => req,
+        }
+    };
+    let alice = send(
+        &svc,
+        as_client(Some(("authorization", "Bearer alice-secret"))),
+    )
+    .await;
+    assert_eq!(alice.status, StatusCode::CREATED);
+    let again = send(
+        &svc,
+        as_client(Some(("authorization", "Bearer alice-secret"))),
+    )
+    .await;
+    assert!(again.replayed());
+    assert_eq!(again.body, alice.body);
+    for other in [
+        Some(("authorization", "Bearer mallory-secret")),
+        Some(("authorization", "Bearer alice-refreshed")),
+        Some(("cookie", "session=alice-secret")),
+        Some(("x-api-key", "alice-secret")),
+        None,
+    ] {
+        let answer = send(&svc, as_client(other)).await;
+        answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "key-reused");
+        assert!(!answer.replayed(), "{other:?} got a replay");
+        assert!(
+            !answer.text().contains("execution"),
+            "{other:?} saw the record"
+        );
+    }
+    assert_eq!(handler.executions(), 1, "nothing ran twice");
+}
+
+/// Scoped by the principal an auth layer found: every token of one user replays (a retry after
+/// a token refresh), another user's same key is simply another key (no 422 oracle).
+pub async fn scoped_by_principal_replays_across_tokens_and_isolates_users<St: IdempotencyStore>(
+    store: St,
+) {
+    let handler = Handler::new();
+    let svc = handler
+        .service_behind_auth(IdempotencyLayer::new(store).with_scope_from_extension::<User>());
+    let order = |token: &str, body: &'static str| {
+        with_header(
+            post("/orders", Some("1"), body),
+            "authorization",
+            &format!("Bearer {token}"),
+        )
+    };
+    let first = send(&svc, order("alice-1", "{\"amount\":1}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let refreshed = send(&svc, order("alice-2", "{\"amount\":1}")).await;
+    assert!(
+        refreshed.replayed(),
+        "a retry after a token refresh replays"
+    );
+    assert_eq!(refreshed.body, first.body);
+    assert_eq!(handler.executions(), 1);
+
+    let mallory_same = send(&svc, order("mallory-1", "{\"amount\":1}")).await;
+    let mallory_other = send(&svc, order("mallory-1", "{\"amount\":2}")).await;
+    assert_eq!(mallory_same.status, StatusCode::CREATED);
+    assert!(!mallory_same.replayed());
+    assert_ne!(mallory_same.body, first.body, "no response crosses users");
+    mallory_other.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "key-reused");
+    assert_eq!(handler.executions(), 2);
+    // Alice's key is still hers.
+    let alice_again = send(&svc, order("alice-3", "{\"amount\":1}")).await;
+    assert_eq!(alice_again.body, first.body);
+    assert_eq!(handler.executions(), 2);
+}
+
+/// A scope holds at most `max` keys in progress: past it 429 with `Retry-After`, other scopes
+/// unaffected, and the place comes back when a request finishes.
+pub async fn in_progress_keys_are_capped_per_scope<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store)
+        .with_scope(|parts: &http::request::Parts| {
+            parts
+                .headers
+                .get("x-tenant")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .with_max_in_progress_per_scope(2);
+    let svc = handler.service(layer);
+    let gated =
+        |tenant: &str, key: &str| with_header(post("/gated", Some(key), "{}"), "x-tenant", tenant);
+    let a1 = tokio::spawn(send(&svc, gated("a", "k1")));
+    let a2 = tokio::spawn(send(&svc, gated("a", "k2")));
+    eventually("two of a's requests to run", || handler.executions() == 2).await;
+    let refused = send(&svc, gated("a", "k3")).await;
+    refused.assert_problem(StatusCode::TOO_MANY_REQUESTS, "too-many-in-progress");
+    assert_eq!(refused.values("retry-after"), ["1"]);
+    let b1 = tokio::spawn(send(&svc, gated("b", "k1")));
+    eventually("b's request to run", || handler.executions() == 3).await;
+    handler.open_gate();
+    for answer in [a1, a2, b1] {
+        assert_eq!(answer.await.unwrap().status, StatusCode::CREATED);
+    }
+    let later = send(&svc, gated("a", "k3")).await;
+    assert_eq!(later.status, StatusCode::CREATED);
+    assert!(!later.replayed(), "the refused request had not run");
+    assert_eq!(handler.executions(), 4);
 }

@@ -1,0 +1,120 @@
+//! The settings every request reads, and what one service shares between its clones.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderName, Method};
+use tokio::sync::Semaphore;
+
+use crate::{
+    credentials,
+    fingerprint::{DefaultFingerprint, MakeFingerprint},
+    in_progress::InProgressLimit,
+    key_format::KeyFormat,
+    outcome::{OnOutcome, Outcome},
+    policy::{ConflictPolicy, HeaderFilter},
+    record_when::RecordRule,
+    scope::MakeScope,
+};
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The default limit on a response body that is recorded: 1 MiB.
+pub const DEFAULT_RECORD_LIMIT: usize = 1024 * 1024;
+/// The default time a completed record is kept: 24 hours.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default lease a running request holds, renewed while it runs: 30 seconds.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// The default time limit on one store call: 2 seconds.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default cap on requests waiting under [`ConflictPolicy::Wait`].
+pub const DEFAULT_MAX_WAITERS: usize = 1024;
+
+/// Everything the service needs besides the store; shared by every clone.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) header_name: HeaderName,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) key_required: bool,
+    pub(crate) body_limit: usize,
+    pub(crate) record_limit: usize,
+    pub(crate) result_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) store_timeout: Duration,
+    pub(crate) conflict: ConflictPolicy,
+    pub(crate) waiters: Arc<Semaphore>,
+    pub(crate) record_when: RecordRule,
+    pub(crate) replay_headers: HeaderFilter,
+    pub(crate) scope: Option<Arc<dyn MakeScope>>,
+    /// Headers whose values bind an unscoped record to its client; see `credentials`.
+    pub(crate) credential_headers: Vec<HeaderName>,
+    pub(crate) key_format: KeyFormat,
+    pub(crate) in_progress_limit: Option<Arc<InProgressLimit>>,
+    pub(crate) fingerprint: Arc<dyn MakeFingerprint>,
+    pub(crate) fail_open: bool,
+    pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
+}
+
+impl Config {
+    /// Hands `outcome` to the user's hook, if there is one.
+    pub(crate) fn observe(&self, outcome: Outcome) {
+        if let Some(hook) = &self.on_outcome {
+            hook.on_outcome(outcome);
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            header_name: HeaderName::from_static("idempotency-key"),
+            methods: vec![Method::POST, Method::PATCH],
+            key_required: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+            record_limit: DEFAULT_RECORD_LIMIT,
+            result_ttl: DEFAULT_RESULT_TTL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            conflict: ConflictPolicy::Reject,
+            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
+            record_when: RecordRule::Default,
+            replay_headers: HeaderFilter::default(),
+            scope: None,
+            credential_headers: credentials::default_headers(),
+            key_format: KeyFormat::Any,
+            in_progress_limit: None,
+            fingerprint: Arc::new(DefaultFingerprint::new()),
+            fail_open: false,
+            on_outcome: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("header_name", &self.header_name)
+            .field("methods", &self.methods)
+            .field("key_required", &self.key_required)
+            .field("body_limit", &self.body_limit)
+            .field("record_limit", &self.record_limit)
+            .field("result_ttl", &self.result_ttl)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("store_timeout", &self.store_timeout)
+            .field("conflict", &self.conflict)
+            .field("replay_headers", &self.replay_headers)
+            .field("scoped", &self.scope.is_some())
+            .field("credential_headers", &self.credential_headers)
+            .field("key_format", &self.key_format)
+            .field("in_progress_limit", &self.in_progress_limit)
+            .field("fail_open", &self.fail_open)
+            .field("on_outcome", &self.on_outcome.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every request through one service reads: the store and the settings, behind one
+/// reference count, so a request touches one shared counter instead of two.
+pub(crate) struct Shared<St> {
+    pub(crate) store: Arc<St>,
+    pub(crate) config: Arc<Config>,
+}

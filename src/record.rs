@@ -1,0 +1,362 @@
+//! Recording a first execution's response: at once when its body is ready, or while it streams
+//! to the client (steps 8 and 9 of DESIGN.md's request path, and "Streamed responses").
+
+use std::{fmt, future::poll_fn, pin::Pin, sync::Arc, task::Poll, time::Duration};
+
+use bytes::Bytes;
+use http::{response, Response, StatusCode};
+use http_body::Body;
+use tokio::{sync::oneshot, time::Instant};
+use tracing::Instrument;
+
+use crate::{
+    body::ResponseBody,
+    config::{Config, Shared},
+    fingerprint::Fingerprint,
+    guard::ReleaseGuard,
+    in_progress::InProgressPermit,
+    outcome::Outcome,
+    problems::{Dialect, Problem},
+    protocol::{keep_renewed, timed},
+    record_when::Verdict,
+    response::CompletedRecord,
+    store::{IdempotencyStore, LeaseToken, StoreKey},
+    tee::{self, BodyEnd, Ending, Keeper, Recording, Tee},
+};
+
+/// What becomes of a key once its response is known.
+// Moved once per first execution; boxing the record would cost an allocation instead.
+#[allow(clippy::large_enum_variant)]
+enum Settlement {
+    /// Nothing final happened: a retry may run.
+    Release { status: StatusCode },
+    /// Completed with this record (a response, or a tombstone that refuses retries).
+    Record(CompletedRecord),
+}
+
+/// How much of a body was ready without waiting.
+enum Read {
+    /// All of it.
+    Finished,
+    /// More than the record limit.
+    Overflowed,
+    /// It failed; the error's text, for the log.
+    Broke(String),
+    /// Some (perhaps none) of it: the rest streams.
+    Pending,
+}
+
+/// Records `response` (made by the handler under the caller's lease) or releases its key, and
+/// hands the response on.
+///
+/// A body that is ready at once (most REST answers) is read, recorded and answered here, as
+/// one piece. Any other streams to the client as it comes, through a [`Tee`], while a keeper
+/// task holds the lease and records it at its end.
+pub(crate) async fn record<St, B>(
+    shared: Arc<Shared<St>>,
+    guard: ReleaseGuard<St>,
+    fingerprint: Fingerprint,
+    permit: Option<InProgressPermit>,
+    dialect: Dialect,
+    response: Response<B>,
+) -> Response<ResponseBody<B>>
+where
+    St: IdempotencyStore,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: fmt::Display,
+{
+    let config: &Config = &shared.config;
+    let (parts, body) = response.into_parts();
+    let verdict = config.record_when.at_head(&parts);
+    if verdict == Verdict::Release {
+        let settlement = Settlement::Release {
+            status: parts.status,
+        };
+        settle(&shared, guard, &fingerprint, settlement).await;
+        return Response::from_parts(parts, ResponseBody::new(body));
+    }
+    let mut body = Box::pin(body);
+    let mut recording = Recording::new(config.record_limit);
+    let limit = u64::try_from(config.record_limit).unwrap_or(u64::MAX);
+    let read = if verdict == Verdict::Record && body.size_hint().lower() > limit {
+        Read::Overflowed
+    } else {
+        read_ready(&mut body, &mut recording).await
+    };
+    let status = parts.status;
+    match read {
+        Read::Finished => {
+            let record = verdict == Verdict::Record
+                || config.record_when.at_end(&parts, recording.trailers());
+            let trailers = recording.trailers().cloned();
+            let (settlement, body) = if record {
+                let filter = &config.replay_headers;
+                let recorded = recording.into_response(
+                    status,
+                    filter.apply(&parts.headers),
+                    trailers.as_ref().map(|t| filter.apply(t)),
+                );
+                let body = ResponseBody::frames(recorded.replay_frames(), trailers);
+                (
+                    Settlement::Record(CompletedRecord::Response(recorded)),
+                    body,
+                )
+            } else {
+                let unrecorded = recording.into_response(status, http::HeaderMap::new(), None);
+                let body = ResponseBody::frames(unrecorded.into_replay().0, trailers);
+                (Settlement::Release { status }, body)
+            };
+            settle(&shared, guard, &fingerprint, settlement).await;
+            Response::from_parts(parts, body)
+        }
+        Read::Broke(error) => {
+            tracing::warn!(key = %guard.key, %error, "idempotency: response body failed before it was sent");
+            let settlement = Settlement::Record(CompletedRecord::Broken { status });
+            settle(&shared, guard, &fingerprint, settlement).await;
+            Problem::ResponseFailed.into_response(dialect)
+        }
+        Read::Overflowed if verdict == Verdict::Record => {
+            let settlement = Settlement::Record(CompletedRecord::Tombstone { status });
+            settle(&shared, guard, &fingerprint, settlement).await;
+            Response::from_parts(parts, ResponseBody::prefixed(recording.frames(), body))
+        }
+        Read::Overflowed | Read::Pending => {
+            let (end_tx, end_rx) = oneshot::channel();
+            let (settled_tx, settled_rx) = oneshot::channel();
+            let keeper = keep(
+                Arc::clone(&shared),
+                guard,
+                fingerprint,
+                copy_head(&parts),
+                verdict,
+                end_rx,
+                settled_tx,
+                permit,
+            );
+            tokio::spawn(keeper.in_current_span());
+            let keeper = Keeper {
+                end: end_tx,
+                settled: settled_rx,
+            };
+            let decided_at_end = verdict == Verdict::AtEnd;
+            let tee = Tee::new(body, recording, decided_at_end, keeper, tee::detach::<B>);
+            Response::from_parts(parts, ResponseBody::tee(tee))
+        }
+    }
+}
+
+/// Reads what `body` has ready without waiting, into `recording`.
+async fn read_ready<B>(body: &mut Pin<Box<B>>, recording: &mut Recording) -> Read
+where
+    B: Body<Data = Bytes>,
+    B::Error: fmt::Display,
+{
+    poll_fn(|cx| loop {
+        let frame = match body.as_mut().poll_frame(cx) {
+            Poll::Pending => return Poll::Ready(Read::Pending),
+            Poll::Ready(None) => return Poll::Ready(Read::Finished),
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Read::Broke(error.to_string())),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                recording.push(&data);
+                if recording.overflowed() {
+                    return Poll::Ready(Read::Overflowed);
+                }
+                if body.is_end_stream() {
+                    return Poll::Ready(Read::Finished);
+                }
+            }
+            // Trailers are a body's last frame.
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    recording.push_trailers(trailers);
+                    return Poll::Ready(Read::Finished);
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// The response head without its extensions, for a decision made after the response left.
+fn copy_head(parts: &response::Parts) -> response::Parts {
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = parts.status;
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
+/// Holds the lease of a response that streams, and records it at the end of the stream.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+async fn keep<St: IdempotencyStore>(
+    shared: Arc<Shared<St>>,
+    guard: ReleaseGuard<St>,
+    fingerprint: Fingerprint,
+    head: response::Parts,
+    verdict: Verdict,
+    mut end: oneshot::Receiver<BodyEnd>,
+    settled: oneshot::Sender<()>,
+    // Counts this key against its scope's cap until the record is written.
+    _permit: Option<InProgressPermit>,
+) {
+    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
+    let ended = {
+        // Renewed from a task of its own: a client that reads slowly must not let the lease lapse.
+        let renewal = keep_renewed(store, config, &guard.key, &guard.token);
+        tokio::pin!(renewal);
+        tokio::select! {
+            biased;
+            ended = &mut end => ended,
+            () = &mut renewal => end.await,
+        }
+    };
+    let settlement = match ended {
+        Ok(BodyEnd { recording, how }) => settlement(config, verdict, &head, recording, how),
+        // The body went without a word (its runtime is gone): it may have run, so never again.
+        Err(_) => Settlement::Record(CompletedRecord::Broken {
+            status: head.status,
+        }),
+    };
+    settle(&shared, guard, &fingerprint, settlement).await;
+    // The client may be gone; then nobody waits.
+    let _ = settled.send(());
+}
+
+/// What a streamed body's end means for its key.
+fn settlement(
+    config: &Config,
+    verdict: Verdict,
+    head: &response::Parts,
+    recording: Recording,
+    how: Ending,
+) -> Settlement {
+    let status = head.status;
+    match how {
+        Ending::Broke => Settlement::Record(CompletedRecord::Broken { status }),
+        Ending::TooLarge | Ending::CutShort => {
+            Settlement::Record(CompletedRecord::Tombstone { status })
+        }
+        Ending::Finished => {
+            let record =
+                verdict == Verdict::Record || config.record_when.at_end(head, recording.trailers());
+            if !record {
+                Settlement::Release { status }
+            } else if recording.overflowed() {
+                Settlement::Record(CompletedRecord::Tombstone { status })
+            } else {
+                let filter = &config.replay_headers;
+                let trailers = recording.trailers().map(|t| filter.apply(t));
+                let headers = filter.apply(&head.headers);
+                let recorded = recording.into_response(status, headers, trailers);
+                Settlement::Record(CompletedRecord::Response(recorded))
+            }
+        }
+    }
+}
+
+/// Completes or releases the key: one token-checked store call.
+async fn settle<St: IdempotencyStore>(
+    shared: &Arc<Shared<St>>,
+    mut guard: ReleaseGuard<St>,
+    fingerprint: &Fingerprint,
+    settlement: Settlement,
+) {
+    let config: &Config = &shared.config;
+    let (key, token) = (guard.key, guard.token);
+    let record = match settlement {
+        Settlement::Release { status } => {
+            tracing::debug!(key = %key, status = status.as_u16(), "idempotency: response not recordable; releasing");
+            config.observe(Outcome::Released);
+            guard.release().await;
+            return;
+        }
+        Settlement::Record(record) => record,
+    };
+    match record {
+        CompletedRecord::Tombstone { .. } => {
+            tracing::warn!(key = %key, limit = config.record_limit, "idempotency: response too large to record; keeping a tombstone");
+        }
+        CompletedRecord::Broken { .. } => {
+            tracing::warn!(key = %key, "idempotency: response failed part-way; keeping a tombstone, the request will not run again");
+        }
+        CompletedRecord::Response(_) => {}
+    }
+    let completed = timed(
+        config.store_timeout,
+        shared
+            .store
+            .complete(&key, &token, fingerprint, &record, config.result_ttl),
+    )
+    .await;
+    // Whatever `complete` says, the key is never released from here: the handler ran.
+    guard.disarm();
+    match completed {
+        Ok(true) => {
+            tracing::debug!(key = %key, "idempotency: recorded");
+            config.observe(recorded(&record));
+        }
+        Ok(false) => lease_lost_before_completion(config, &key),
+        // Releasing now would let a retry run the handler again. The lease stays, so retries
+        // get 409, and the record is written again in the background.
+        Err(error) => {
+            tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
+            config.observe(Outcome::StoreFailed);
+            let retry = record_later(Arc::clone(shared), key, token, *fingerprint, record);
+            tokio::spawn(retry.in_current_span());
+        }
+    }
+}
+
+/// What landing `record` in the store is called.
+fn recorded(record: &CompletedRecord) -> Outcome {
+    match record {
+        CompletedRecord::Response(_) => Outcome::Recorded,
+        CompletedRecord::Tombstone { .. } | CompletedRecord::Broken { .. } => Outcome::Tombstoned,
+    }
+}
+
+/// The store refused a `complete`: another request holds the key now.
+fn lease_lost_before_completion(config: &Config, key: &StoreKey) {
+    tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+    config.observe(Outcome::LeaseLost);
+}
+
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Writes a record whose `complete` failed (a store outage, a failover) until it lands, the
+/// store refuses it, or a lease's length has gone by. Token-checked like every `complete`: once
+/// the lease is over, it can only fail.
+async fn record_later<St: IdempotencyStore>(
+    shared: Arc<Shared<St>>,
+    key: StoreKey,
+    token: LeaseToken,
+    fingerprint: Fingerprint,
+    record: CompletedRecord,
+) {
+    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
+    let deadline = Instant::now() + config.lease_ttl;
+    let mut delay = RECORD_RETRY_FIRST;
+    let mut attempts = 1u32;
+    while Instant::now() + delay < deadline {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECORD_RETRY_MAX);
+        attempts += 1;
+        let call = store.complete(&key, &token, &fingerprint, &record, config.result_ttl);
+        match timed(config.store_timeout, call).await {
+            Ok(true) => {
+                tracing::info!(key = %key, attempts, "idempotency: recorded after retrying");
+                config.observe(recorded(&record));
+                return;
+            }
+            Ok(false) => return lease_lost_before_completion(config, &key),
+            Err(error) => {
+                tracing::debug!(key = %key, %error, attempts, "idempotency: recording failed again")
+            }
+        }
+    }
+    tracing::error!(key = %key, attempts, "idempotency: could not record the response; once its lease ends, a retry runs the handler again");
+}
