@@ -132,6 +132,9 @@ enum Phase {
 }
 
 /// A response body that forwards every frame as it comes and keeps a copy for the record.
+///
+/// Its end (trailers, or the last `None`) waits until the keeper has written the record, so a
+/// client that saw the whole answer and retries at once is replayed, not refused as in progress.
 pub(crate) struct Tee<B> {
     /// `None` only once moved to a draining task.
     body: Option<Pin<Box<B>>>,
@@ -208,7 +211,8 @@ impl<B> Tee<B> {
         }
     }
 
-    /// The body ended, with `trailers` as its last frame if it had them.
+    /// The body ended, with `trailers` as its last frame if it had them. Its end waits for the
+    /// record, whether the keeper learns of the end now or learnt earlier (a tombstone).
     fn finish(&mut self, trailers: Option<HeaderMap>) {
         self.held = trailers;
         if self.phase == Phase::Recording {
@@ -216,10 +220,8 @@ impl<B> Tee<B> {
                 self.recording.push_trailers(trailers.clone());
             }
             self.end(Ending::Finished);
-            self.phase = Phase::Holding;
-        } else {
-            self.phase = Phase::Done;
         }
+        self.phase = Phase::Holding;
     }
 
     /// Whether draining further can still change the record (for a tee whose client left).

@@ -32,6 +32,11 @@ macro_rules! conformance {
                 unscoped_records_never_cross_credentials,
                 scoped_by_principal_replays_across_tokens_and_isolates_users,
                 in_progress_keys_are_capped_per_scope,
+                a_stream_reaches_its_client_as_it_comes_and_replays_frame_by_frame,
+                a_stream_past_the_record_limit_reaches_its_client_and_leaves_a_tombstone,
+                a_grpc_stream_is_recorded_by_its_final_status,
+                a_body_that_breaks_leaves_a_broken_tombstone_and_never_runs_again,
+                a_client_that_leaves_mid_stream_gets_the_whole_record_on_its_retry,
             );
         }
     )+};

@@ -12,13 +12,13 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use test_support::{unique_prefix, TestRedis};
 use tokio::task::JoinSet;
 use tower::{util::BoxCloneService, ServiceBuilder};
 use tower_idempotency::{ConflictPolicy, IdempotencyLayer, RedisStore, RequestBody};
 
-use common::{post, send, TestBody, TestService, DEADLINE};
+use common::{full, post, send, TestBody, TestService, DEADLINE};
 
 const KEYS: usize = 6;
 const REQUESTS: usize = 480;
@@ -48,7 +48,7 @@ fn instance(store: RedisStore, policy: ConflictPolicy, runs: Runs) -> TestServic
                 Ok::<_, std::io::Error>(
                     Response::builder()
                         .status(StatusCode::CREATED)
-                        .body(Full::from(reply).boxed())
+                        .body(full(reply))
                         .unwrap(),
                 )
             }

@@ -30,9 +30,18 @@ use tower_idempotency::{
 
 /// The request body every test sends.
 pub type TestBody = BoxBody<Bytes, Infallible>;
+/// The body the test handler answers with; it can fail part-way.
+pub type ResBody = BoxBody<Bytes, io::Error>;
 /// The service under test, type-erased so one suite serves every store.
 pub type TestService =
-    BoxCloneService<Request<TestBody>, Response<ResponseBody<TestBody>>, io::Error>;
+    BoxCloneService<Request<TestBody>, Response<ResponseBody<ResBody>>, io::Error>;
+
+/// A body of `data` in one frame.
+pub fn full(data: impl Into<Bytes>) -> ResBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// A deadline for anything a test waits for; far above what a healthy run needs.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -40,7 +49,13 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A handler that counts its executions. Paths pick its behaviour:
 /// `/gated` waits for [`Handler::open_gate`], `/fail` answers 500, `/error` fails the service,
 /// `/big` answers 4 KiB, `/panic` panics, `/grpc` answers with trailers; anything else answers 201 with
-/// multi-valued headers.
+/// multi-valued headers. Streamed answers (see [`stream_body`]):
+/// - `/stream?frames=N&size=S[&gated]`: N frames of S bytes, then trailers `x-execution: n`;
+///   with `gated`, the frames after the first wait for the gate.
+/// - `/stream-broken?frames=N[&now]`: N frames, then an error; with `now`, nothing waits, so
+///   the whole body (and its error) is ready at once.
+/// - `/grpc-stream?status=C`: a gRPC answer of 3 messages, `grpc-status: C` in its trailers.
+/// - `/grpc-now?status=C`: a trailers-only gRPC answer with `grpc-status: C` in its head.
 #[derive(Clone)]
 pub struct Handler {
     executions: Arc<AtomicUsize>,
@@ -103,8 +118,9 @@ impl Handler {
     async fn handle(
         self,
         req: Request<RequestBody<TestBody>>,
-    ) -> Result<Response<TestBody>, io::Error> {
+    ) -> Result<Response<ResBody>, io::Error> {
         let n = self.executions.fetch_add(1, Ordering::SeqCst) + 1;
+        let query = Query::of(req.uri().query());
         let fence = req
             .extensions()
             .get::<FencingToken>()
@@ -138,10 +154,10 @@ impl Handler {
             "/panic" => panic!("handler panicked on purpose"),
             "/fail" => response
                 .status(StatusCode::INTERNAL_SERVER_ERROR)
-                .body(Full::from("failed").boxed()),
+                .body(full("failed")),
             "/big" => response
                 .status(StatusCode::CREATED)
-                .body(Full::from(vec![b'x'; 4096]).boxed()),
+                .body(full(vec![b'x'; 4096])),
             "/grpc" => {
                 let mut trailers = HeaderMap::new();
                 trailers.insert("grpc-status", HeaderValue::from_static("0"));
@@ -151,21 +167,137 @@ impl Handler {
                     http_body::Frame::trailers(trailers),
                 ];
                 let body =
-                    StreamBody::new(futures_util::stream::iter(frames.map(Ok::<_, Infallible>)));
+                    StreamBody::new(futures_util::stream::iter(frames.map(Ok::<_, io::Error>)));
                 response.status(StatusCode::OK).body(body.boxed())
             }
+            "/stream" => {
+                let size = query.number("size", 8);
+                let frames = (0..query.number("frames", 5))
+                    .map(|i| frame_text(n, i, size))
+                    .collect();
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-execution", HeaderValue::from(n));
+                let gate = query.has("gated").then(|| Arc::clone(&self.gate));
+                let body = stream_body(frames, gate, true, StreamEnd::Trailers(trailers));
+                response.status(StatusCode::OK).body(body)
+            }
+            "/stream-broken" => {
+                let frames = (0..query.number("frames", 3))
+                    .map(|i| frame_text(n, i, 8))
+                    .collect();
+                let body = stream_body(frames, None, !query.has("now"), StreamEnd::Error);
+                response.status(StatusCode::OK).body(body)
+            }
+            "/grpc-stream" => {
+                let frames = (0..3).map(|i| frame_text(n, i, 12)).collect();
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from(query.number("status", 0)));
+                trailers.insert("grpc-message", HeaderValue::from(n));
+                let body = stream_body(frames, None, true, StreamEnd::Trailers(trailers));
+                response.status(StatusCode::OK).body(body).map(as_grpc)
+            }
+            "/grpc-now" => response
+                .status(StatusCode::OK)
+                .header("grpc-status", query.number("status", 0))
+                .body(full(Bytes::new()))
+                .map(as_grpc),
             _ => {
                 let echo = format!(
                     "{{\"execution\":{n},\"echo\":{:?}}}",
                     String::from_utf8_lossy(&body)
                 );
-                response
-                    .status(StatusCode::CREATED)
-                    .body(Full::from(echo).boxed())
+                response.status(StatusCode::CREATED).body(full(echo))
             }
         };
         Ok(response.expect("valid response"))
     }
+}
+
+/// `response` as a gRPC answer (its content type replaced).
+fn as_grpc(mut response: Response<ResBody>) -> Response<ResBody> {
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// A test request's query, as `name=value` pairs.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(query: Option<&str>) -> Self {
+        let pairs = query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty());
+        Self(
+            pairs
+                .map(|p| {
+                    let (name, value) = p.split_once('=').unwrap_or((p, ""));
+                    (name.to_owned(), value.to_owned())
+                })
+                .collect(),
+        )
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    fn number(&self, name: &str, default: usize) -> usize {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(default, |(_, v)| v.parse().expect("a number"))
+    }
+}
+
+/// Frame `i` of execution `n`: `size` bytes that say which they are.
+pub fn frame_text(n: usize, i: usize, size: usize) -> Bytes {
+    let mut text = format!("{n:04}:{i:04};").into_bytes();
+    text.resize(size.max(text.len()), b'.');
+    Bytes::from(text)
+}
+
+/// What a streamed test body does after its frames.
+pub enum StreamEnd {
+    Trailers(HeaderMap),
+    Error,
+}
+
+/// A body made frame by frame: with `wait`, each frame comes after a yield (so the layer sees
+/// the body wait, as a real stream makes it), and with `gate`, the frames after the first wait
+/// for the gate.
+pub fn stream_body(
+    frames: Vec<Bytes>,
+    gate: Option<Arc<Semaphore>>,
+    wait: bool,
+    end: StreamEnd,
+) -> ResBody {
+    let steps = frames
+        .into_iter()
+        .map(http_body::Frame::data)
+        .map(Ok)
+        .chain(std::iter::once(match end {
+            StreamEnd::Trailers(trailers) => Ok(http_body::Frame::trailers(trailers)),
+            StreamEnd::Error => Err(io::Error::other("the response broke on purpose")),
+        }))
+        .enumerate();
+    let body = futures_util::stream::unfold(steps, move |mut steps| {
+        let gate = gate.clone();
+        async move {
+            let (i, step) = steps.next()?;
+            if wait {
+                tokio::task::yield_now().await;
+            }
+            if let (1, Some(gate)) = (i, &gate) {
+                // Never closed, so the permit always comes; forget it so others still wait.
+                gate.acquire().await.expect("gate").forget();
+            }
+            Some((step, steps))
+        }
+    });
+    StreamBody::new(body).boxed()
 }
 
 /// The principal the demo authentication layer of [`Handler::service_behind_auth`] finds.
@@ -299,6 +431,84 @@ pub fn try_send(
             trailers: collected.trailers().cloned(),
             body: collected.to_bytes(),
         })
+    }
+}
+
+/// An answer read frame by frame.
+pub struct Streamed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: std::pin::Pin<Box<ResponseBody<ResBody>>>,
+}
+
+/// What a streamed answer was, once read to its end.
+#[derive(Debug)]
+pub struct StreamedRest {
+    pub frames: Vec<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    pub error: Option<io::Error>,
+}
+
+impl Streamed {
+    pub fn replayed(&self) -> bool {
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    }
+
+    /// The next frame, failing the test after [`DEADLINE`].
+    pub async fn next(&mut self) -> Option<Result<http_body::Frame<Bytes>, io::Error>> {
+        tokio::time::timeout(DEADLINE, self.body.frame())
+            .await
+            .expect("a frame within the deadline")
+    }
+
+    /// The next data frame, which must come.
+    pub async fn next_data(&mut self) -> Bytes {
+        self.next()
+            .await
+            .expect("a frame")
+            .expect("no error")
+            .into_data()
+            .expect("a data frame")
+    }
+
+    /// Reads the rest: the data frames as they came, the trailers, and an error that ended it.
+    pub async fn rest(mut self) -> StreamedRest {
+        let mut rest = StreamedRest {
+            frames: Vec::new(),
+            trailers: None,
+            error: None,
+        };
+        while let Some(frame) = self.next().await {
+            match frame {
+                Err(error) => {
+                    rest.error = Some(error);
+                    break;
+                }
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => rest.frames.push(data),
+                    Err(frame) => rest.trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+        rest
+    }
+}
+
+/// Sends one request and hands back the answer's head, its body to read frame by frame.
+pub async fn send_streamed(svc: &TestService, req: Request<TestBody>) -> Streamed {
+    let mut svc = svc.clone();
+    let call = async move { svc.ready().await?.call(req).await };
+    let response = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("an answer within the deadline")
+        .expect("service ok");
+    let (parts, body) = response.into_parts();
+    Streamed {
+        status: parts.status,
+        headers: parts.headers,
+        body: Box::pin(body),
     }
 }
 

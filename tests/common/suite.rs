@@ -13,8 +13,8 @@ use tower_idempotency::{
 };
 
 use super::{
-    counting_store::CountingStore, eventually, post, post_raw_key, post_streaming, send,
-    send_until_not, try_send, with_header, Answer, Handler, User, DEADLINE,
+    counting_store::CountingStore, eventually, frame_text, post, post_raw_key, post_streaming,
+    send, send_streamed, send_until_not, try_send, with_header, Answer, Handler, User, DEADLINE,
 };
 
 pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store: St) {
@@ -735,4 +735,186 @@ pub async fn in_progress_keys_are_capped_per_scope<St: IdempotencyStore>(store: 
     assert_eq!(later.status, StatusCode::CREATED);
     assert!(!later.replayed(), "the refused request had not run");
     assert_eq!(handler.executions(), 4);
+}
+
+/// Sends `request()` again while the answer is 409 `in-progress` (the first request's record is
+/// still being written), failing after [`DEADLINE`].
+async fn send_until_settled(
+    svc: &super::TestService,
+    request: impl Fn() -> http::Request<super::TestBody>,
+) -> Answer {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let answer = send(svc, request()).await;
+        let in_progress =
+            answer.status == StatusCode::CONFLICT && answer.text().contains("#in-progress\"");
+        if !in_progress {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in progress at the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A streamed answer reaches its client frame by frame before the handler has made the rest,
+/// and its replay is the same frames (their boundaries kept) and the same trailers.
+pub async fn a_stream_reaches_its_client_as_it_comes_and_replays_frame_by_frame<
+    St: IdempotencyStore,
+>(
+    store: St,
+) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let path = "/stream?frames=200&size=10&gated";
+    let mut first = send_streamed(&svc, post(path, Some("s"), "{}")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(!first.replayed());
+    // The handler waits at its gate after its first frame: the client has that frame already.
+    assert_eq!(first.next_data().await, frame_text(1, 0, 10));
+    handler.open_gate();
+    let rest = first.rest().await;
+    assert!(rest.error.is_none());
+    assert_eq!(rest.frames.len(), 199);
+    let expected: Vec<_> = (0..200).map(|i| frame_text(1, i, 10)).collect();
+    assert_eq!(rest.frames, expected[1..]);
+    assert_eq!(rest.trailers.as_ref().unwrap()["x-execution"], "1");
+
+    // The first client has seen the end, so the record is written: a retry replays at once.
+    let retry = send_streamed(&svc, post(path, Some("s"), "{}")).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert!(retry.replayed());
+    assert_eq!(retry.headers["x-multi"], "first");
+    let replayed = retry.rest().await;
+    assert_eq!(
+        replayed.frames, expected,
+        "the same frames, boundaries kept"
+    );
+    assert_eq!(replayed.trailers, rest.trailers);
+    assert_eq!(handler.executions(), 1);
+}
+
+/// A stream past the record limit still reaches its client whole; the key is a tombstone.
+pub async fn a_stream_past_the_record_limit_reaches_its_client_and_leaves_a_tombstone<
+    St: IdempotencyStore,
+>(
+    store: St,
+) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store).with_record_limit(1000));
+    let path = "/stream?frames=300&size=10";
+    let first = send_streamed(&svc, post(path, Some("big"), "{}")).await;
+    let rest = first.rest().await;
+    assert_eq!(rest.frames.len(), 300, "the client gets every frame");
+    assert!(rest.frames.iter().all(|f| f.len() == 10));
+    assert_eq!(rest.trailers.as_ref().unwrap()["x-execution"], "1");
+    let retry = send(&svc, post(path, Some("big"), "{}")).await;
+    retry.assert_problem(StatusCode::CONFLICT, "response-not-recorded");
+    assert!(retry.replayed());
+    assert_eq!(handler.executions(), 1);
+}
+
+/// gRPC is decided on the final status in the trailers: a transient one releases the key (the
+/// retry runs), OK and the deterministic codes are recorded, trailers included.
+pub async fn a_grpc_stream_is_recorded_by_its_final_status<St: IdempotencyStore>(store: St) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let grpc = |path: &'static str, key: &'static str| {
+        with_header(
+            post(path, Some(key), "msg"),
+            "content-type",
+            "application/grpc",
+        )
+    };
+    let unavailable = send(&svc, grpc("/grpc-stream?status=14", "u")).await;
+    assert_eq!(unavailable.trailers.as_ref().unwrap()["grpc-status"], "14");
+    let again = send(&svc, grpc("/grpc-stream?status=14", "u")).await;
+    assert!(!again.replayed(), "UNAVAILABLE is not recorded");
+    assert_eq!(handler.executions(), 2);
+
+    let trailers_only = send(&svc, grpc("/grpc-now?status=13", "i")).await;
+    assert_eq!(trailers_only.headers["grpc-status"], "13");
+    let again = send(&svc, grpc("/grpc-now?status=13", "i")).await;
+    assert!(
+        !again.replayed(),
+        "INTERNAL in a trailers-only answer is not recorded"
+    );
+    assert_eq!(handler.executions(), 4);
+
+    for (path, key) in [
+        ("/grpc-stream?status=0", "ok"),
+        ("/grpc-stream?status=5", "nf"),
+    ] {
+        let first = send(&svc, grpc(path, key)).await;
+        let retry = send(&svc, grpc(path, key)).await;
+        assert!(retry.replayed(), "{path}");
+        assert_eq!(retry.body, first.body);
+        assert_eq!(retry.trailers, first.trailers);
+        assert_eq!(retry.headers["content-type"], "application/grpc");
+    }
+    assert_eq!(handler.executions(), 6);
+    // The layer's own refusals to a gRPC client are gRPC statuses.
+    let reused = send(&svc, grpc("/grpc-stream?status=5", "ok")).await;
+    assert_eq!(reused.status, StatusCode::OK);
+    assert_eq!(reused.headers["grpc-status"], "9", "FAILED_PRECONDITION");
+    assert_eq!(handler.executions(), 6);
+}
+
+/// A body that fails part-way: the client's body ends in an error, and the key is a tombstone
+/// that says so; the side effect may have happened, so nothing runs again. Likewise when the
+/// body fails before anything was sent (the first client then gets 500 `response-failed`).
+pub async fn a_body_that_breaks_leaves_a_broken_tombstone_and_never_runs_again<
+    St: IdempotencyStore,
+>(
+    store: St,
+) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let path = "/stream-broken?frames=3";
+    let first = send_streamed(&svc, post(path, Some("b"), "{}")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let rest = first.rest().await;
+    assert_eq!(
+        rest.frames,
+        (0..3).map(|i| frame_text(1, i, 8)).collect::<Vec<_>>()
+    );
+    assert!(rest.error.is_some(), "the client sees the body fail");
+    let retry = send_until_settled(&svc, || post(path, Some("b"), "{}")).await;
+    retry.assert_problem(StatusCode::CONFLICT, "response-broken");
+    assert!(retry.replayed());
+    assert_eq!(handler.executions(), 1);
+
+    let now = "/stream-broken?frames=2&now";
+    send(&svc, post(now, Some("n"), "{}"))
+        .await
+        .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "response-failed");
+    send(&svc, post(now, Some("n"), "{}"))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "response-broken");
+    assert_eq!(handler.executions(), 2);
+}
+
+/// A client that leaves mid-stream does not stop the recording: the rest is drained and
+/// recorded, and its retry gets every frame from the record.
+pub async fn a_client_that_leaves_mid_stream_gets_the_whole_record_on_its_retry<
+    St: IdempotencyStore,
+>(
+    store: St,
+) {
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let path = "/stream?frames=20&size=16&gated";
+    let mut first = send_streamed(&svc, post(path, Some("gone"), "{}")).await;
+    assert_eq!(first.next_data().await, frame_text(1, 0, 16));
+    drop(first);
+    handler.open_gate();
+    let retry = send_until_settled(&svc, || post(path, Some("gone"), "{}")).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert!(retry.replayed());
+    let expected: Vec<u8> = (0..20).flat_map(|i| frame_text(1, i, 16)).collect();
+    assert_eq!(retry.body, expected);
+    assert_eq!(retry.trailers.as_ref().unwrap()["x-execution"], "1");
+    assert_eq!(handler.executions(), 1);
 }
