@@ -12,8 +12,8 @@
 //! 1. `TraceLayer`: sees every request, replays and refusals included.
 //! 2. `TimeoutLayer`: **outside** the idempotency layer. A timeout then cuts the client off, not
 //!    the handler: the handler finishes on its own task and its response is recorded, so the
-//!    retry replays it. Inside, the timeout would answer 408 in the handler's place, and a 4xx is
-//!    recorded: every retry would get that 408 back.
+//!    retry replays it. Inside, the timeout would cancel the handler part-way and answer 408 in
+//!    its place; a 408 releases the key, so a retry would run the handler a second time.
 //! 3. `CatchPanicLayer`: outside too. The idempotency layer releases the key of a handler that
 //!    panics and lets the panic through; this turns it into a 500.
 //! 4. `RequestBodyLimitLayer`: before anything buffers the body.

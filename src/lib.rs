@@ -13,7 +13,14 @@
 //! - Records live in an [`IdempotencyStore`]: [`RedisStore`] for many instances, [`MemoryStore`]
 //!   for one, `PostgresStore` (feature `postgres`) in your database, [`TieredStore`] for Redis in
 //!   front of PostgreSQL, [`ReplayCache`] for replays without a round trip.
-//! - Errors are `application/problem+json`; see [`problems`] for every case.
+//! - Streamed answers (SSE, downloads, gRPC streams) reach the client frame by frame while they
+//!   are recorded, and replay with the same frames; gRPC is recorded by its final
+//!   `grpc-status` ([`recorded_by_default`]).
+//! - No response crosses clients: unscoped records are bound to the caller's credentials, and
+//!   keys can be scoped by the caller's identity
+//!   ([`IdempotencyLayer::with_scope_from_extension`]).
+//! - Errors are `application/problem+json`, or gRPC statuses to gRPC clients; see [`problems`]
+//!   for every case.
 //!
 //! # Example
 //!
@@ -60,6 +67,8 @@
 //! - `memory` (default): [`MemoryStore`].
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 //! - `postgres`: `PostgresStore`, records in PostgreSQL through sqlx.
+//! - `example-tonic`: only builds the `tonic_orders` example and its test; the library does not
+//!   use tonic.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
