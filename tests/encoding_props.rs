@@ -43,9 +43,23 @@ fn record() -> impl Strategy<Value = CompletedRecord> {
                 RecordedResponse::new(status, headers, Bytes::from(body)).with_trailers(trailers),
             )
         });
+    let framed = (
+        status.clone(),
+        header_map(),
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..256), 0..12),
+        proptest::option::of(header_map()),
+    )
+        .prop_map(|(status, headers, frames, trailers)| {
+            let frames = frames.into_iter().map(Bytes::from);
+            CompletedRecord::Response(
+                RecordedResponse::from_frames(status, headers, frames).with_trailers(trailers),
+            )
+        });
     prop_oneof![
         4 => response,
-        1 => status.prop_map(|status| CompletedRecord::Tombstone { status }),
+        4 => framed,
+        1 => status.clone().prop_map(|status| CompletedRecord::Tombstone { status }),
+        1 => status.prop_map(|status| CompletedRecord::Broken { status }),
     ]
 }
 
@@ -62,6 +76,25 @@ proptest! {
                 let right: Vec<_> = b.headers.get_all(name).iter().collect();
                 prop_assert_eq!(left, right, "values of {} keep their order", name);
             }
+        }
+    }
+
+    #[test]
+    fn frames_replay_as_they_were_recorded(
+        frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+    ) {
+        let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+        let recorded = RecordedResponse::from_frames(StatusCode::OK, HeaderMap::new(), frames.clone());
+        let decoded = CompletedRecord::decode(&CompletedRecord::Response(recorded).encode()).unwrap();
+        let CompletedRecord::Response(decoded) = decoded else { panic!("not a response") };
+        let replayed: Vec<Bytes> = decoded.frames().collect();
+        let joined: Vec<u8> = frames.iter().flatten().copied().collect();
+        prop_assert_eq!(&decoded.body[..], &joined[..]);
+        // Frames come back as they went in; one frame (or none) is the body as a whole.
+        if frames.len() > 1 {
+            prop_assert_eq!(replayed, frames);
+        } else {
+            prop_assert_eq!(replayed.concat(), joined);
         }
     }
 
