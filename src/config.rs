@@ -2,16 +2,18 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use http::{HeaderName, Method};
+use http::{HeaderName, Method, Response};
 use tokio::sync::Semaphore;
 
 use crate::{
+    body::ResponseBody,
     credentials,
     fingerprint::{DefaultFingerprint, MakeFingerprint},
     in_progress::InProgressLimit,
     key_format::KeyFormat,
     outcome::{OnOutcome, Outcome},
     policy::{ConflictPolicy, HeaderFilter},
+    problems::{Dialect, Problem},
     record_when::RecordRule,
     scope::MakeScope,
 };
@@ -60,6 +62,22 @@ impl Config {
         if let Some(hook) = &self.on_outcome {
             hook.on_outcome(outcome);
         }
+    }
+
+    /// Refuses a request before the store decides anything: one log line, one outcome, and the
+    /// problem in the client's dialect.
+    pub(crate) fn refuse<B>(
+        &self,
+        problem: Problem,
+        dialect: Dialect,
+    ) -> Response<ResponseBody<B>> {
+        tracing::debug!(
+            status = problem.status().as_u16(),
+            detail = %problem.detail(),
+            "idempotency: request refused"
+        );
+        self.observe(Outcome::Refused);
+        problem.into_response(dialect)
     }
 }
 

@@ -187,7 +187,7 @@ impl Problem {
         }
     }
 
-    fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Self::KeyMissing => "this request requires an Idempotency-Key header".to_owned(),
             Self::KeyInvalid(why) => (*why).to_owned(),

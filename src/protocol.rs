@@ -70,10 +70,7 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
         Ok(body) => body,
-        Err(problem) => {
-            config.observe(Outcome::Refused);
-            return Ok(problem.into_response(dialect));
-        }
+        Err(problem) => return Ok(config.refuse(problem, dialect)),
     };
     let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
     let mut fingerprint = config.fingerprint.fingerprint(&parts, &body);
@@ -98,12 +95,10 @@ where
             match limit.try_acquire(Bucket::of(scope.as_deref(), credentials.as_ref())) {
                 Some(permit) => Some(permit),
                 None => {
-                    tracing::debug!(key = %store_key, "idempotency: too many requests in progress for this client");
-                    config.observe(Outcome::Refused);
-                    return Ok(Problem::TooManyInProgress {
+                    let problem = Problem::TooManyInProgress {
                         retry_after_secs: 1,
-                    }
-                    .into_response(dialect));
+                    };
+                    return Ok(config.refuse(problem, dialect));
                 }
             }
         }
@@ -125,7 +120,7 @@ where
             Ok(response)
         }
         Ok(Decision::Run(fencing_token)) => {
-            tracing::debug!(key = %store_key, fencing_token = fencing_token.get(), "idempotency: acquired");
+            tracing::debug!(fencing_token = fencing_token.get(), "idempotency: acquired");
             config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
             parts.extensions.insert(fencing_token);
@@ -141,13 +136,13 @@ where
         }
         Err(StoreError::Corrupt(error)) => {
             guard.disarm();
-            tracing::error!(key = %store_key, %error, "idempotency: stored record is corrupt");
+            tracing::error!(%error, "idempotency: stored record is corrupt");
             config.observe(Outcome::Corrupt);
             Ok(Problem::RecordCorrupt.into_response(dialect))
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
         Err(error) if config.fail_open => {
-            tracing::warn!(key = %store_key, %error, "idempotency: store failed; running the request unguarded (fail-open)");
+            tracing::warn!(%error, "idempotency: store failed; running the request unguarded (fail-open)");
             config.observe(Outcome::StoreFailed);
             drop(guard);
             parts.extensions.insert(key);
@@ -157,7 +152,7 @@ where
             Ok(response.map(ResponseBody::new))
         }
         Err(error) => {
-            tracing::warn!(key = %store_key, %error, "idempotency: store failed; refusing the request (fail-closed)");
+            tracing::warn!(%error, "idempotency: store failed; refusing the request (fail-closed)");
             config.observe(Outcome::StoreFailed);
             Ok(Problem::StoreUnavailable {
                 retry_after_secs: 1,
@@ -186,19 +181,19 @@ async fn decide<St: IdempotencyStore, B>(
         let retry_after = match outcome {
             BeginOutcome::Acquired { fencing_token } => return Ok(Decision::Run(fencing_token)),
             BeginOutcome::Completed { record, .. } => {
-                tracing::debug!(key = %key, "idempotency: replayed");
+                tracing::debug!("idempotency: replayed");
                 config.observe(Outcome::Replayed);
                 return Ok(Decision::Respond(replay(record, dialect)));
             }
             BeginOutcome::Mismatch => {
-                tracing::debug!(key = %key, "idempotency: key reused with another request");
+                tracing::debug!("idempotency: key reused with another request");
                 config.observe(Outcome::Mismatch);
                 return Ok(Decision::Respond(Problem::KeyReused.into_response(dialect)));
             }
             BeginOutcome::InProgress { retry_after } => retry_after.unwrap_or(config.lease_ttl),
         };
         let conflict = || {
-            tracing::debug!(key = %key, "idempotency: conflict with a request in progress");
+            tracing::debug!("idempotency: conflict with a request in progress");
             config.observe(Outcome::Conflict);
             Ok(Decision::Respond(
                 Problem::InProgress {
@@ -263,7 +258,7 @@ where
             Ok(record::record(shared, guard, fingerprint, permit, dialect, response).await)
         }
         Err(error) => {
-            tracing::debug!(key = %guard.key, "idempotency: handler failed; releasing");
+            tracing::debug!("idempotency: handler failed; releasing");
             config.observe(Outcome::Released);
             guard.release().await;
             Err(error)
@@ -305,13 +300,15 @@ pub(crate) async fn keep_renewed<St: IdempotencyStore>(
             store.renew(key, token, config.lease_ttl),
         ));
         match renewal.await {
-            Ok(true) => tracing::trace!(key = %key, "idempotency: lease renewed"),
+            Ok(true) => tracing::trace!("idempotency: lease renewed"),
             Ok(false) => {
-                tracing::warn!(key = %key, "idempotency: lease lost while the handler runs; another request may run too");
+                tracing::warn!(
+                    "idempotency: lease lost while the handler runs; another request may run too"
+                );
                 return;
             }
             Err(error) => {
-                tracing::warn!(key = %key, %error, "idempotency: lease renewal failed")
+                tracing::warn!(%error, "idempotency: lease renewal failed")
             }
         }
     }

@@ -110,7 +110,7 @@ where
             Response::from_parts(parts, body)
         }
         Read::Broke(error) => {
-            tracing::warn!(key = %guard.key, %error, "idempotency: response body failed before it was sent");
+            tracing::warn!(%error, "idempotency: response body failed before it was sent");
             let settlement = Settlement::Record(CompletedRecord::Broken { status });
             settle(&shared, guard, &fingerprint, settlement).await;
             Problem::ResponseFailed.into_response(dialect)
@@ -268,7 +268,10 @@ async fn settle<St: IdempotencyStore>(
     let (key, token) = (guard.key, guard.token);
     let record = match settlement {
         Settlement::Release { status } => {
-            tracing::debug!(key = %key, status = status.as_u16(), "idempotency: response not recordable; releasing");
+            tracing::debug!(
+                status = status.as_u16(),
+                "idempotency: response not recordable; releasing"
+            );
             config.observe(Outcome::Released);
             guard.release().await;
             return;
@@ -277,10 +280,13 @@ async fn settle<St: IdempotencyStore>(
     };
     match record {
         CompletedRecord::Tombstone { .. } => {
-            tracing::warn!(key = %key, limit = config.record_limit, "idempotency: response too large to record; keeping a tombstone");
+            tracing::warn!(
+                limit = config.record_limit,
+                "idempotency: response too large to record; keeping a tombstone"
+            );
         }
         CompletedRecord::Broken { .. } => {
-            tracing::warn!(key = %key, "idempotency: response failed part-way; keeping a tombstone, the request will not run again");
+            tracing::warn!("idempotency: response failed part-way; keeping a tombstone, the request will not run again");
         }
         CompletedRecord::Response(_) => {}
     }
@@ -295,14 +301,14 @@ async fn settle<St: IdempotencyStore>(
     guard.disarm();
     match completed {
         Ok(true) => {
-            tracing::debug!(key = %key, "idempotency: recorded");
+            tracing::debug!("idempotency: recorded");
             config.observe(recorded(&record));
         }
-        Ok(false) => lease_lost_before_completion(config, &key),
+        Ok(false) => lease_lost_before_completion(config),
         // Releasing now would let a retry run the handler again. The lease stays, so retries
         // get 409, and the record is written again in the background.
         Err(error) => {
-            tracing::warn!(key = %key, %error, "idempotency: could not record the response yet; retrying in the background");
+            tracing::warn!(%error, "idempotency: could not record the response yet; retrying in the background");
             config.observe(Outcome::StoreFailed);
             let retry = record_later(Arc::clone(shared), key, token, *fingerprint, record);
             tokio::spawn(retry.in_current_span());
@@ -319,8 +325,8 @@ fn recorded(record: &CompletedRecord) -> Outcome {
 }
 
 /// The store refused a `complete`: another request holds the key now.
-fn lease_lost_before_completion(config: &Config, key: &StoreKey) {
-    tracing::warn!(key = %key, "idempotency: lease lost before completion; the response was not recorded");
+fn lease_lost_before_completion(config: &Config) {
+    tracing::warn!("idempotency: lease lost before completion; the response was not recorded");
     config.observe(Outcome::LeaseLost);
 }
 
@@ -348,15 +354,15 @@ async fn record_later<St: IdempotencyStore>(
         let call = store.complete(&key, &token, &fingerprint, &record, config.result_ttl);
         match timed(config.store_timeout, call).await {
             Ok(true) => {
-                tracing::info!(key = %key, attempts, "idempotency: recorded after retrying");
+                tracing::info!(attempts, "idempotency: recorded after retrying");
                 config.observe(recorded(&record));
                 return;
             }
-            Ok(false) => return lease_lost_before_completion(config, &key),
+            Ok(false) => return lease_lost_before_completion(config),
             Err(error) => {
-                tracing::debug!(key = %key, %error, attempts, "idempotency: recording failed again")
+                tracing::debug!(%error, attempts, "idempotency: recording failed again")
             }
         }
     }
-    tracing::error!(key = %key, attempts, "idempotency: could not record the response; once its lease ends, a retry runs the handler again");
+    tracing::error!(attempts, "idempotency: could not record the response; once its lease ends, a retry runs the handler again");
 }

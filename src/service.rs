@@ -19,7 +19,6 @@ use crate::{
     future::ResponseFuture,
     key,
     layer::IdempotencyLayer,
-    outcome::Outcome,
     problems::{Dialect, Problem},
     protocol,
     store::IdempotencyStore,
@@ -140,16 +139,11 @@ where
     }
 }
 
-/// Answers `req` with `problem` before the store is asked.
+/// Answers `req` with `problem` before the key is known.
 fn refuse<F, B, E, T>(
     config: &Config,
     req: &Request<T>,
     problem: Problem,
 ) -> ResponseFuture<F, B, E> {
-    tracing::debug!(
-        status = problem.status().as_u16(),
-        "idempotency: request refused"
-    );
-    config.observe(Outcome::Refused);
-    ResponseFuture::ready(problem.into_response(Dialect::of(req.headers())))
+    ResponseFuture::ready(config.refuse(problem, Dialect::of(req.headers())))
 }

@@ -90,3 +90,35 @@ async fn outcomes_are_tracing_events_with_the_key_hash_in_a_span() {
         "the raw key never reaches a log line"
     );
 }
+
+/// Every refusal is a log line, whatever refused it: a missing key, a body over the limit, a
+/// scope at its cap. And the key's hash appears once per line (in the span), not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_a_log_line_and_the_key_hash_appears_once() {
+    logs::capture();
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .with_key_required(true)
+        .with_body_limit(8);
+    let svc = handler.service(layer);
+    send(&svc, post("/refusals", None, "{}"))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "key-missing");
+    send(&svc, post("/refusals", Some("too-large"), "0123456789"))
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    for status in ["status=400", "status=413"] {
+        assert_eq!(
+            logs::lines_with(&["idempotency: request refused", status]).len(),
+            1,
+            "{status}"
+        );
+    }
+    send(&svc, post("/orders", Some("hash-once"), "{}")).await;
+    let hash = StoreKey::derive(None, "POST", "/orders", "hash-once").to_hex();
+    let lines = logs::lines_with(&[&hash]);
+    assert!(!lines.is_empty());
+    for line in lines {
+        assert_eq!(line.matches(&hash).count(), 1, "{line}");
+    }
+}

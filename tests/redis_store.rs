@@ -287,3 +287,20 @@ async fn a_record_holds_no_private_header() {
         assert!(!stored.contains(secret), "{secret} was stored");
     }
 }
+
+/// A Redis that is not there: the error names the store and its address, never the password.
+#[tokio::test]
+async fn connecting_to_no_redis_names_the_store_and_the_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://:hunter2@127.0.0.1:{port}");
+    let error = RedisStore::connect(&url).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("could not connect to Redis at 127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(!error.contains("hunter2"), "{error}");
+}

@@ -66,3 +66,28 @@ impl From<DecodeError> for StoreError {
         Self::Corrupt(e)
     }
 }
+
+/// A store that could not be reached while it was set up, named with its address, so that the
+/// error says which server to start or which URL to fix.
+#[derive(Debug)]
+pub(crate) struct Unreachable {
+    pub(crate) store: &'static str,
+    pub(crate) addr: String,
+    pub(crate) source: BoxError,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "could not connect to {} at {}: {}",
+            self.store, self.addr, self.source
+        )
+    }
+}
+
+impl Error for Unreachable {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}

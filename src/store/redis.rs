@@ -23,7 +23,10 @@ use redis::{
     Cmd, ErrorKind, Pipeline, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value,
 };
 
-use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+use super::{
+    error::Unreachable, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError,
+    StoreKey,
+};
 use crate::{
     fingerprint::Fingerprint,
     response::{CompletedRecord, DecodeError},
@@ -180,10 +183,18 @@ impl RedisStore<ConnectionManager> {
     /// and a second, shorter one underneath would cap it and cost a timer per call.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::backend)?;
+        // The address alone: the URL may carry a password.
+        let addr = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new().set_response_timeout(None);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(StoreError::backend)?;
+            .map_err(|error| {
+                StoreError::backend(Unreachable {
+                    store: "Redis",
+                    addr,
+                    source: error.into(),
+                })
+            })?;
         let store = Self::new(conn);
         store.load_scripts().await?;
         Ok(store)
