@@ -24,30 +24,29 @@
 //!
 //! # Example
 //!
+//! An axum route behind the layer, records in memory (one instance; see below for Redis):
+//!
 //! ```
-//! use std::convert::Infallible;
-//! use http::{Request, Response, StatusCode};
-//! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_idempotency::{IdempotencyLayer, MemoryStore, RequestBody};
+//! use axum::{body::Body, http::{Request, StatusCode}, routing::post, Router};
+//! use tower::ServiceExt;
+//! use tower_idempotency::{IdempotencyLayer, MemoryStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let mut svc = ServiceBuilder::new()
-//!     .layer(IdempotencyLayer::new(MemoryStore::new()))
-//!     .service_fn(|_req: Request<RequestBody<String>>| async {
-//!         // Charge the card here: it runs once per key.
-//!         Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(String::from("charged")).unwrap())
-//!     });
+//! let app = Router::new()
+//!     // Charge the card here: it runs once per key.
+//!     .route("/charges", post(|| async { (StatusCode::CREATED, "charged") }))
+//!     .layer(IdempotencyLayer::new(MemoryStore::new()).with_key_required(true));
 //!
-//! let charge = || Request::post("/charges").header("idempotency-key", "\"c-42\"").body(String::from("{}")).unwrap();
-//! let first = svc.ready().await.unwrap().call(charge()).await.unwrap();
-//! let retry = svc.ready().await.unwrap().call(charge()).await.unwrap();
+//! let charge = || Request::post("/charges").header("idempotency-key", "c-42").body(Body::from("{}")).unwrap();
+//! let first = app.clone().oneshot(charge()).await.unwrap();
+//! let retry = app.clone().oneshot(charge()).await.unwrap();
 //! assert_eq!(first.status(), StatusCode::CREATED);
 //! assert_eq!(retry.status(), StatusCode::CREATED);
 //! assert_eq!(retry.headers()["idempotent-replayed"], "true");
 //! # }
 //! ```
 //!
-//! With axum, and records in Redis:
+//! With records in Redis, shared by every instance:
 //!
 //! ```no_run
 //! use axum::{routing::post, Router};
@@ -59,6 +58,28 @@
 //!     .route("/orders", post(|| async { "created" }))
 //!     .layer(IdempotencyLayer::new(store).with_key_required(true));
 //! # Ok(()) }
+//! ```
+//!
+//! Any tower service works the same way; the inner service receives a [`RequestBody`]:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_idempotency::{IdempotencyLayer, MemoryStore, RequestBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new(MemoryStore::new()))
+//!     .service_fn(|_req: Request<RequestBody<String>>| async {
+//!         Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(String::from("charged")).unwrap())
+//!     });
+//!
+//! let charge = || Request::post("/charges").header("idempotency-key", "\"c-42\"").body(String::from("{}")).unwrap();
+//! let first = svc.ready().await.unwrap().call(charge()).await.unwrap();
+//! let retry = svc.ready().await.unwrap().call(charge()).await.unwrap();
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! # }
 //! ```
 //!
 //! # Features
