@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::{response::Frames, tee::Tee};
+use crate::tee::Tee;
 
 pin_project! {
     /// The request body the inner service receives: the buffered bytes of a covered request, or
@@ -40,7 +40,7 @@ pin_project! {
     enum Kind<B> {
         Full { frames: Frames, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
-        Prefixed { pending: std::vec::IntoIter<Bytes>, rest: Pin<Box<B>> },
+        Prefixed { pending: Frames, rest: Pin<Box<B>> },
         Tee { tee: Tee<B> },
     }
 }
@@ -92,7 +92,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn prefixed(pending: Vec<Bytes>, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::Prefixed {
-                pending: pending.into_iter(),
+                pending: Frames::queue(pending),
                 rest,
             },
         }
@@ -109,7 +109,7 @@ impl<B> ResponseBody<B> {
 impl<B> Kind<B> {
     fn full(data: Bytes) -> Self {
         Self::Full {
-            frames: Frames::new(data, Vec::new()),
+            frames: Frames::slices(data, Vec::new()),
             trailers: None,
         }
     }
@@ -141,26 +141,85 @@ impl<B: Body<Data = Bytes>> Kind<B> {
         match self {
             Self::Full { frames, trailers } => frames.is_empty() && trailers.is_none(),
             Self::Inner { body } => body.is_end_stream(),
-            Self::Prefixed { pending, rest } => pending.len() == 0 && rest.is_end_stream(),
+            Self::Prefixed { pending, rest } => pending.is_empty() && rest.is_end_stream(),
             Self::Tee { tee } => tee.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Full { frames, .. } => SizeHint::with_exact(frames.remaining() as u64),
+            Self::Full { frames, .. } => SizeHint::with_exact(frames.remaining()),
             Self::Inner { body } => body.size_hint(),
-            Self::Prefixed { pending, rest } => {
-                let extra: u64 = pending.as_slice().iter().map(|d| d.len() as u64).sum();
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(extra));
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper.saturating_add(extra));
-                }
-                hint
-            }
+            Self::Prefixed { pending, rest } => plus(rest.size_hint(), pending.remaining()),
             Self::Tee { tee } => tee.size_hint(),
+        }
+    }
+}
+
+/// `hint`, `extra` bytes longer.
+pub(crate) fn plus(hint: SizeHint, extra: u64) -> SizeHint {
+    let mut sum = SizeHint::new();
+    sum.set_lower(hint.lower().saturating_add(extra));
+    if let Some(upper) = hint.upper() {
+        sum.set_upper(upper.saturating_add(extra));
+    }
+    sum
+}
+
+/// Frames waiting to be sent: slices of one buffer (a record's body), or frames as they were
+/// read.
+#[derive(Debug)]
+pub(crate) enum Frames {
+    Slices {
+        rest: Bytes,
+        /// Empty: `rest` is one frame.
+        lengths: std::vec::IntoIter<u32>,
+    },
+    Queue(std::vec::IntoIter<Bytes>),
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Self::Queue(Vec::new().into_iter())
+    }
+}
+
+impl Frames {
+    /// `body` cut at `lengths` (as in a record: empty for one frame, else adding up to it).
+    pub(crate) fn slices(body: Bytes, lengths: Vec<u32>) -> Self {
+        Self::Slices {
+            rest: body,
+            lengths: lengths.into_iter(),
+        }
+    }
+
+    pub(crate) fn queue(frames: Vec<Bytes>) -> Self {
+        Self::Queue(frames.into_iter())
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Self::Slices { rest, lengths } => match lengths.next() {
+                Some(len) => Some(rest.split_to((len as usize).min(rest.len()))),
+                None if rest.is_empty() => None,
+                None => Some(std::mem::take(rest)),
+            },
+            Self::Queue(frames) => frames.next(),
+        }
+    }
+
+    /// Bytes not handed out yet.
+    pub(crate) fn remaining(&self) -> u64 {
+        match self {
+            Self::Slices { rest, .. } => rest.len() as u64,
+            Self::Queue(frames) => frames.as_slice().iter().map(|f| f.len() as u64).sum(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        match self {
+            Self::Slices { rest, lengths } => rest.is_empty() && lengths.len() == 0,
+            Self::Queue(frames) => frames.len() == 0,
         }
     }
 }
@@ -212,7 +271,7 @@ mod tests {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         let body = ResponseBody::<Full<Bytes>>::frames(
-            Frames::new(Bytes::from_static(b"data"), Vec::new()),
+            Frames::slices(Bytes::from_static(b"data"), Vec::new()),
             Some(trailers.clone()),
         );
         let collected = body.collect().await.unwrap();

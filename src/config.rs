@@ -28,6 +28,8 @@ pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// The default time limit on one store call: 2 seconds.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default time the rest of a streamed response is read after its client left: 60 seconds.
+pub const DEFAULT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// The default cap on requests waiting under [`ConflictPolicy::Wait`].
 pub const DEFAULT_MAX_WAITERS: usize = 1024;
 
@@ -42,13 +44,16 @@ pub(crate) struct Config {
     pub(crate) result_ttl: Duration,
     pub(crate) lease_ttl: Duration,
     pub(crate) store_timeout: Duration,
+    pub(crate) drain_limit: Duration,
     pub(crate) conflict: ConflictPolicy,
     pub(crate) waiters: Arc<Semaphore>,
     pub(crate) record_when: RecordRule,
     pub(crate) replay_headers: HeaderFilter,
     pub(crate) scope: Option<Arc<dyn MakeScope>>,
-    /// Headers whose values bind an unscoped record to its client; see `credentials`.
+    /// Headers, and cookies by name, whose values bind an unscoped record to its client; see
+    /// `credentials`.
     pub(crate) credential_headers: Vec<HeaderName>,
+    pub(crate) credential_cookies: Vec<String>,
     pub(crate) key_format: KeyFormat,
     pub(crate) in_progress_limit: Option<Arc<InProgressLimit>>,
     pub(crate) fingerprint: Arc<dyn MakeFingerprint>,
@@ -92,12 +97,14 @@ impl Default for Config {
             result_ttl: DEFAULT_RESULT_TTL,
             lease_ttl: DEFAULT_LEASE_TTL,
             store_timeout: DEFAULT_STORE_TIMEOUT,
+            drain_limit: DEFAULT_DRAIN_LIMIT,
             conflict: ConflictPolicy::Reject,
             waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
             record_when: RecordRule::Default,
             replay_headers: HeaderFilter::default(),
             scope: None,
             credential_headers: credentials::default_headers(),
+            credential_cookies: Vec::new(),
             key_format: KeyFormat::Any,
             in_progress_limit: None,
             fingerprint: Arc::new(DefaultFingerprint::new()),
@@ -118,10 +125,12 @@ impl fmt::Debug for Config {
             .field("result_ttl", &self.result_ttl)
             .field("lease_ttl", &self.lease_ttl)
             .field("store_timeout", &self.store_timeout)
+            .field("drain_limit", &self.drain_limit)
             .field("conflict", &self.conflict)
             .field("replay_headers", &self.replay_headers)
             .field("scoped", &self.scope.is_some())
             .field("credential_headers", &self.credential_headers)
+            .field("credential_cookies", &self.credential_cookies)
             .field("key_format", &self.key_format)
             .field("in_progress_limit", &self.in_progress_limit)
             .field("fail_open", &self.fail_open)

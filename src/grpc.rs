@@ -24,10 +24,14 @@ pub(crate) enum Code {
 }
 
 /// Whether `headers` (a request's or a response's) say the message is gRPC.
+///
+/// Not gRPC-web (`application/grpc-web*`): it carries its status inside the body, where this
+/// layer does not look; put the layer inside tonic-web's, where calls are plain gRPC.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web")
+    })
 }
 
 /// The `grpc-status` in `headers`, if there is a well-formed one.
@@ -91,6 +95,11 @@ mod tests {
         assert!(is_grpc(&headers));
         headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         assert!(!is_grpc(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert!(!is_grpc(&headers), "gRPC-web keeps its status in the body");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! A cap on the keys one scope holds in progress at once, in this process.
 //!
 //! Each in-progress key is a lease in the store and a handler running; without a cap one client
-//! can open thousands of them. Counting happens in the process, not the store: a store-wide
+//! can open thousands of them. Only scopes count: an unscoped request has no identity a client
+//! could not change at will (a fresh token, a fresh cookie), so a cap on it would only let one
+//! client fill a shared bucket for everyone. Counting happens in the process, not the store: a store-wide
 //! count would need a second key per scope, which no single Redis Cluster script can touch
 //! together with the record.
 
@@ -12,25 +14,13 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::credentials::Credentials;
-
-/// Who a cap counts against: the scope when there is one, else the request's credentials,
-/// else every anonymous request together. Digests only: no raw scope or token is kept.
+/// Whom a cap counts against: a scope, as a digest (no raw scope is kept).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Bucket([u8; 32]);
 
 impl Bucket {
-    pub(crate) fn of(scope: Option<&str>, credentials: Option<&Credentials>) -> Self {
-        match (scope, credentials) {
-            (Some(scope), _) => {
-                let mut hasher = Sha256::new();
-                hasher.update(b"scope:");
-                hasher.update(scope.as_bytes());
-                Self(hasher.finalize().into())
-            }
-            (None, Some(credentials)) => Self(*credentials.as_bytes()),
-            (None, None) => Self([0; 32]),
-        }
+    pub(crate) fn of(scope: &str) -> Self {
+        Self(Sha256::digest(scope.as_bytes()).into())
     }
 }
 
@@ -103,8 +93,8 @@ mod tests {
     #[test]
     fn each_bucket_has_its_own_cap_and_places_come_back() {
         let limit = Arc::new(InProgressLimit::new(2));
-        let alice = Bucket::of(Some("alice"), None);
-        let bob = Bucket::of(Some("bob"), None);
+        let alice = Bucket::of("alice");
+        let bob = Bucket::of("bob");
         let a1 = limit.try_acquire(alice).unwrap();
         let _a2 = limit.try_acquire(alice).unwrap();
         assert!(limit.try_acquire(alice).is_none());
@@ -116,7 +106,7 @@ mod tests {
     #[test]
     fn an_empty_bucket_is_forgotten() {
         let limit = Arc::new(InProgressLimit::new(1));
-        drop(limit.try_acquire(Bucket::of(None, None)).unwrap());
+        drop(limit.try_acquire(Bucket::of("alice")).unwrap());
         assert!(limit.lock().is_empty());
     }
 }

@@ -28,7 +28,9 @@ pub enum KeyFormat {
     /// Any key the IETF draft allows: 1 to 255 bytes of visible ASCII (the default).
     #[default]
     Any,
-    /// A UUID of any version in its hyphenated form (8-4-4-4-12 hex digits, either case).
+    /// An RFC 9562 UUID of any version (1 to 8) in its hyphenated form (8-4-4-4-12 hex
+    /// digits, either case). The nil and max UUIDs, and hex strings whose version and variant
+    /// bits are not a UUID's, are refused: they are what hand-made counters look like.
     Uuid,
     /// A ULID: 26 characters of Crockford's base32, either case.
     Ulid,
@@ -88,11 +90,16 @@ impl fmt::Display for KeyFormat {
 }
 
 fn is_uuid(key: &[u8]) -> bool {
-    key.len() == 36
+    let shaped = key.len() == 36
         && key.iter().enumerate().all(|(i, &b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
-        })
+        });
+    // The version is the first digit of the third group, the variant the top bits of the
+    // fourth's: RFC 9562 UUIDs have versions 1 to 8 and variant 10xx (digits 8, 9, a, b).
+    shaped
+        && matches!(key[14], b'1'..=b'8')
+        && matches!(key[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
 }
 
 fn is_ulid(key: &[u8]) -> bool {
@@ -114,9 +121,18 @@ mod tests {
         for key in [
             "550e8400-e29b-41d4-a716-446655440000",
             "0191D6C2-7A8E-7C4F-9A1B-3C5D7E9F1A2B",
-            "00000000-0000-0000-0000-000000000000",
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
         ] {
             assert!(KeyFormat::Uuid.matches(key), "{key}");
+        }
+        for counter_like in [
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "00000000-0000-0000-0000-000000000001",
+            "550e8400-e29b-91d4-a716-446655440000",
+            "550e8400-e29b-41d4-c716-446655440000",
+        ] {
+            assert!(!KeyFormat::Uuid.matches(counter_like), "{counter_like}");
         }
         for key in [
             "550e8400e29b41d4a716446655440000",

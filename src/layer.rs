@@ -128,6 +128,13 @@ impl<St> IdempotencyLayer<St> {
         self.set(|c| c.store_timeout = timeout)
     }
 
+    /// Reads the rest of a streamed response for at most this long after its client left, to
+    /// record it for the retry (default 60 s). A stream that has not ended by then (a long or
+    /// idle one) leaves the key completed as a tombstone: it ran, so it never runs again.
+    pub fn with_drain_limit(self, limit: Duration) -> Self {
+        self.set(|c| c.drain_limit = limit)
+    }
+
     /// What a duplicate gets while the first request runs (default [`ConflictPolicy::Reject`]).
     pub fn with_conflict_policy(self, policy: ConflictPolicy) -> Self {
         self.set(|c| c.conflict = policy)
@@ -215,14 +222,15 @@ impl<St> IdempotencyLayer<St> {
     }
 
     /// Names the request headers that identify a client when no scope is configured (default:
-    /// `Authorization`, `Cookie`, `Proxy-Authorization`, `X-Api-Key`); an empty list turns the
-    /// rule off.
+    /// `Authorization`, `Proxy-Authorization`, `X-Api-Key`); an empty list turns the rule off.
     ///
     /// An unscoped record is bound to a digest of these headers' values: a request with the same
     /// key but other credentials (another client, or the same one after a token refresh) is
     /// refused with 422, never replayed and never run. Scoping keys
     /// ([`with_scope_from_extension`](Self::with_scope_from_extension)) is better: a refreshed
-    /// token then still replays.
+    /// token then still replays. `Cookie` is not a default: browsers change cookies between two
+    /// tries (analytics, load-balancer affinity), which would refuse a legitimate retry; name
+    /// the session cookie with [`with_credential_cookies`](Self::with_credential_cookies).
     ///
     /// ```
     /// use http::HeaderName;
@@ -234,6 +242,23 @@ impl<St> IdempotencyLayer<St> {
     pub fn with_credential_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names = names.into_iter().collect();
         self.set(|c| c.credential_headers = names)
+    }
+
+    /// Binds unscoped records to these cookies too, by name (default: none), as
+    /// [`with_credential_headers`](Self::with_credential_headers) binds them to headers: the
+    /// session cookie of a cookie-authenticated app. Other cookies may change freely.
+    ///
+    /// ```
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_credential_cookies(["session"]);
+    /// ```
+    pub fn with_credential_cookies(
+        self,
+        names: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let names = names.into_iter().map(Into::into).collect();
+        self.set(|c| c.credential_cookies = names)
     }
 
     /// Refuses keys that do not have `format` with 400, the expected format in the problem's
@@ -250,11 +275,13 @@ impl<St> IdempotencyLayer<St> {
     }
 
     /// Caps the keys one scope may hold in progress at once in this process (default: no cap).
-    /// Past it, the scope's covered requests get 429 with `Retry-After` until one finishes.
+    /// A request that would start one more gets 429 with `Retry-After` until one finishes;
+    /// replays, refusals and waiting duplicates do not count.
     ///
-    /// The scope is the configured one; unscoped requests count by their credentials (see
-    /// [`with_credential_headers`](Self::with_credential_headers)), and anonymous ones all
-    /// together. The count is per instance: with N instances a scope holds at most N times it.
+    /// Only scoped requests count ([`with_scope`](Self::with_scope),
+    /// [`with_scope_from_extension`](Self::with_scope_from_extension)): an unscoped request has
+    /// no identity that a client could not change at will. The count is per instance: with N
+    /// instances a scope holds at most N times it.
     ///
     /// ```
     /// use tower_idempotency::{IdempotencyLayer, MemoryStore};

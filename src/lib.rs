@@ -127,8 +127,8 @@ mod tee;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS, DEFAULT_RECORD_LIMIT,
-    DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
+    DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_LIMIT, DEFAULT_LEASE_TTL, DEFAULT_MAX_WAITERS,
+    DEFAULT_RECORD_LIMIT, DEFAULT_RESULT_TTL, DEFAULT_STORE_TIMEOUT,
 };
 pub use fingerprint::{DefaultFingerprint, Fingerprint, MakeFingerprint};
 pub use future::ResponseFuture;

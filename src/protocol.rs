@@ -75,12 +75,15 @@ where
     let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
     let mut fingerprint = config.fingerprint.fingerprint(&parts, &body);
     // Unscoped, a record is bound to its client's credentials: no response crosses clients.
-    let credentials = match scope {
-        Some(_) => None,
-        None => Credentials::of(&parts.headers, &config.credential_headers),
-    };
-    if let Some(credentials) = &credentials {
-        fingerprint = credentials.bind(fingerprint);
+    if scope.is_none() {
+        let credentials = Credentials::of(
+            &parts.headers,
+            &config.credential_headers,
+            &config.credential_cookies,
+        );
+        if let Some(credentials) = credentials {
+            fingerprint = credentials.bind(fingerprint);
+        }
     }
     let store_key = StoreKey::derive(
         scope.as_deref().map(str::as_bytes),
@@ -89,20 +92,6 @@ where
         key.as_str(),
     );
     tracing::Span::current().record("key", tracing::field::display(&store_key));
-    let permit = match &config.in_progress_limit {
-        None => None,
-        Some(limit) => {
-            match limit.try_acquire(Bucket::of(scope.as_deref(), credentials.as_ref())) {
-                Some(permit) => Some(permit),
-                None => {
-                    let problem = Problem::TooManyInProgress {
-                        retry_after_secs: 1,
-                    };
-                    return Ok(config.refuse(problem, dialect));
-                }
-            }
-        }
-    };
     let mut guard = ReleaseGuard::new(Arc::clone(&shared), store_key, LeaseToken::generate());
 
     match decide(
@@ -120,6 +109,21 @@ where
             Ok(response)
         }
         Ok(Decision::Run(fencing_token)) => {
+            // Counted once the key is held, so replays and duplicates never count.
+            let permit = match (&config.in_progress_limit, &scope) {
+                (Some(limit), Some(scope)) => match limit.try_acquire(Bucket::of(scope)) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        // Boxed: rare, and every request's future would keep its room.
+                        Box::pin(guard.release()).await;
+                        let problem = Problem::TooManyInProgress {
+                            retry_after_secs: 1,
+                        };
+                        return Ok(config.refuse(problem, dialect));
+                    }
+                },
+                _ => None,
+            };
             tracing::debug!(fencing_token = fencing_token.get(), "idempotency: acquired");
             config.observe(Outcome::Acquired);
             parts.extensions.insert(key);
@@ -303,7 +307,7 @@ pub(crate) async fn keep_renewed<St: IdempotencyStore>(
             Ok(true) => tracing::trace!("idempotency: lease renewed"),
             Ok(false) => {
                 tracing::warn!(
-                    "idempotency: lease lost while the handler runs; another request may run too"
+                    "idempotency: lease lost while the handler runs or its response streams; another request may run too"
                 );
                 return;
             }

@@ -10,7 +10,7 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    body::ResponseBody,
+    body::{Frames, ResponseBody},
     config::{Config, Shared},
     fingerprint::Fingerprint,
     guard::ReleaseGuard,
@@ -19,9 +19,9 @@ use crate::{
     problems::{Dialect, Problem},
     protocol::{keep_renewed, timed},
     record_when::Verdict,
-    response::CompletedRecord,
+    response::{CompletedRecord, RecordedResponse},
     store::{IdempotencyStore, LeaseToken, StoreKey},
-    tee::{self, BodyEnd, Ending, Keeper, Recording, Tee},
+    tee::{self, BodyEnd, Ending, Keeper, Recording, Tee, TeeSettings},
 };
 
 /// What becomes of a key once its response is known.
@@ -72,7 +72,7 @@ where
         let settlement = Settlement::Release {
             status: parts.status,
         };
-        settle(&shared, guard, &fingerprint, settlement).await;
+        settle(&shared, guard, &fingerprint, settlement, permit).await;
         return Response::from_parts(parts, ResponseBody::new(body));
     }
     let mut body = Box::pin(body);
@@ -86,38 +86,37 @@ where
     let status = parts.status;
     match read {
         Read::Finished => {
-            let record = verdict == Verdict::Record
-                || config.record_when.at_end(&parts, recording.trailers());
+            // The client gets the trailers as they were; the record, those the filter keeps.
             let trailers = recording.trailers().cloned();
-            let (settlement, body) = if record {
-                let filter = &config.replay_headers;
-                let recorded = recording.into_response(
-                    status,
-                    filter.apply(&parts.headers),
-                    trailers.as_ref().map(|t| filter.apply(t)),
-                );
+            let body = if wants_record(config, verdict, &parts, &recording) {
+                let recorded = response_record(config, &parts, recording);
                 let body = ResponseBody::frames(recorded.replay_frames(), trailers);
-                (
-                    Settlement::Record(CompletedRecord::Response(recorded)),
-                    body,
-                )
+                let settlement = Settlement::Record(CompletedRecord::Response(recorded));
+                settle(&shared, guard, &fingerprint, settlement, permit).await;
+                body
             } else {
-                let unrecorded = recording.into_response(status, http::HeaderMap::new(), None);
-                let body = ResponseBody::frames(unrecorded.into_replay().0, trailers);
-                (Settlement::Release { status }, body)
+                let body = ResponseBody::frames(Frames::queue(recording.frames()), trailers);
+                settle(
+                    &shared,
+                    guard,
+                    &fingerprint,
+                    Settlement::Release { status },
+                    permit,
+                )
+                .await;
+                body
             };
-            settle(&shared, guard, &fingerprint, settlement).await;
             Response::from_parts(parts, body)
         }
         Read::Broke(error) => {
             tracing::warn!(%error, "idempotency: response body failed before it was sent");
             let settlement = Settlement::Record(CompletedRecord::Broken { status });
-            settle(&shared, guard, &fingerprint, settlement).await;
+            settle(&shared, guard, &fingerprint, settlement, permit).await;
             Problem::ResponseFailed.into_response(dialect)
         }
         Read::Overflowed if verdict == Verdict::Record => {
             let settlement = Settlement::Record(CompletedRecord::Tombstone { status });
-            settle(&shared, guard, &fingerprint, settlement).await;
+            settle(&shared, guard, &fingerprint, settlement, permit).await;
             Response::from_parts(parts, ResponseBody::prefixed(recording.frames(), body))
         }
         Read::Overflowed | Read::Pending => {
@@ -138,11 +137,45 @@ where
                 end: end_tx,
                 settled: settled_rx,
             };
-            let decided_at_end = verdict == Verdict::AtEnd;
-            let tee = Tee::new(body, recording, decided_at_end, keeper, tee::detach::<B>);
+            let settings = TeeSettings {
+                decided_at_end: verdict == Verdict::AtEnd,
+                declared_len: content_length(&parts.headers),
+                drain_limit: config.drain_limit,
+            };
+            let tee = Tee::new(body, recording, settings, keeper, tee::detach::<B>);
             Response::from_parts(parts, ResponseBody::tee(tee))
         }
     }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Whether a body that ended within the limit is recorded: decided at the head, or now.
+fn wants_record(
+    config: &Config,
+    verdict: Verdict,
+    head: &response::Parts,
+    recording: &Recording,
+) -> bool {
+    verdict == Verdict::Record || config.record_when.at_end(head, recording.trailers())
+}
+
+/// The record of a response that ended within the limit: what the replay filter keeps.
+fn response_record(
+    config: &Config,
+    head: &response::Parts,
+    recording: Recording,
+) -> RecordedResponse {
+    let filter = &config.replay_headers;
+    let trailers = recording.trailers().map(|t| filter.apply(t));
+    recording.into_response(head.status, filter.apply(&head.headers), trailers)
 }
 
 /// Reads what `body` has ready without waiting, into `recording`.
@@ -199,8 +232,7 @@ async fn keep<St: IdempotencyStore>(
     verdict: Verdict,
     mut end: oneshot::Receiver<BodyEnd>,
     settled: oneshot::Sender<()>,
-    // Counts this key against its scope's cap until the record is written.
-    _permit: Option<InProgressPermit>,
+    permit: Option<InProgressPermit>,
 ) {
     let (store, config): (&St, &Config) = (&shared.store, &shared.config);
     let ended = {
@@ -220,7 +252,7 @@ async fn keep<St: IdempotencyStore>(
             status: head.status,
         }),
     };
-    settle(&shared, guard, &fingerprint, settlement).await;
+    settle(&shared, guard, &fingerprint, settlement, permit).await;
     // The client may be gone; then nobody waits.
     let _ = settled.send(());
 }
@@ -239,30 +271,28 @@ fn settlement(
         Ending::TooLarge | Ending::CutShort => {
             Settlement::Record(CompletedRecord::Tombstone { status })
         }
-        Ending::Finished => {
-            let record =
-                verdict == Verdict::Record || config.record_when.at_end(head, recording.trailers());
-            if !record {
-                Settlement::Release { status }
-            } else if recording.overflowed() {
-                Settlement::Record(CompletedRecord::Tombstone { status })
-            } else {
-                let filter = &config.replay_headers;
-                let trailers = recording.trailers().map(|t| filter.apply(t));
-                let headers = filter.apply(&head.headers);
-                let recorded = recording.into_response(status, headers, trailers);
-                Settlement::Record(CompletedRecord::Response(recorded))
-            }
+        Ending::Finished if !wants_record(config, verdict, head, &recording) => {
+            Settlement::Release { status }
         }
+        Ending::Finished if recording.overflowed() => {
+            Settlement::Record(CompletedRecord::Tombstone { status })
+        }
+        Ending::Finished => Settlement::Record(CompletedRecord::Response(response_record(
+            config, head, recording,
+        ))),
     }
 }
 
 /// Completes or releases the key: one token-checked store call.
+///
+/// `permit` counts the key against its scope's cap until it is settled, which for a record
+/// that has to be written again in the background is when that is done.
 async fn settle<St: IdempotencyStore>(
     shared: &Arc<Shared<St>>,
     mut guard: ReleaseGuard<St>,
     fingerprint: &Fingerprint,
     settlement: Settlement,
+    permit: Option<InProgressPermit>,
 ) {
     let config: &Config = &shared.config;
     let (key, token) = (guard.key, guard.token);
@@ -310,7 +340,7 @@ async fn settle<St: IdempotencyStore>(
         Err(error) => {
             tracing::warn!(%error, "idempotency: could not record the response yet; retrying in the background");
             config.observe(Outcome::StoreFailed);
-            let retry = record_later(Arc::clone(shared), key, token, *fingerprint, record);
+            let retry = record_later(Arc::clone(shared), key, token, *fingerprint, record, permit);
             tokio::spawn(retry.in_current_span());
         }
     }
@@ -342,6 +372,7 @@ async fn record_later<St: IdempotencyStore>(
     token: LeaseToken,
     fingerprint: Fingerprint,
     record: CompletedRecord,
+    _permit: Option<InProgressPermit>,
 ) {
     let (store, config): (&St, &Config) = (&shared.store, &shared.config);
     let deadline = Instant::now() + config.lease_ttl;

@@ -62,8 +62,8 @@ fn grpc_status(parts: &response::Parts, trailers: Option<&HeaderMap>) -> Option<
 ///
 /// A head-only rule is decided as soon as the handler answers, so a response that is not
 /// recorded streams on untouched. A rule that sees the trailers is decided at the end of the
-/// body (the head it sees then has the status and headers, not the extensions); gRPC's status
-/// is only there.
+/// body, where gRPC's status is; the head it sees then has the status and headers, and for a
+/// response that streamed, no extensions (do not decide on them).
 pub trait RecordWhen<Args>: sealed::IntoRule<Args> {}
 
 impl<F, Args> RecordWhen<Args> for F where F: sealed::IntoRule<Args> {}

@@ -23,6 +23,8 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::body::Frames;
+
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 const KIND_RESPONSE: u8 = 0;
@@ -109,46 +111,12 @@ impl RecordedResponse {
 
     /// The frames a replay sends, sharing the body's memory.
     pub(crate) fn replay_frames(&self) -> Frames {
-        Frames::new(self.body.clone(), self.frame_lengths.clone())
+        Frames::slices(self.body.clone(), self.frame_lengths.clone())
     }
 
     /// Splits the record into what a replay sends: the frames, then the trailers.
     pub(crate) fn into_replay(self) -> (Frames, Option<HeaderMap>) {
-        (Frames::new(self.body, self.frame_lengths), self.trailers)
-    }
-}
-
-/// A body handed out frame by frame, each a slice of one buffer.
-#[derive(Debug, Default)]
-pub(crate) struct Frames {
-    rest: Bytes,
-    lengths: std::vec::IntoIter<u32>,
-}
-
-impl Frames {
-    /// `lengths` as in a record: empty for one frame; lengths add up to the body's.
-    pub(crate) fn new(body: Bytes, lengths: Vec<u32>) -> Self {
-        Self {
-            rest: body,
-            lengths: lengths.into_iter(),
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Option<Bytes> {
-        match self.lengths.next() {
-            Some(len) => Some(self.rest.split_to((len as usize).min(self.rest.len()))),
-            None if self.rest.is_empty() => None,
-            None => Some(std::mem::take(&mut self.rest)),
-        }
-    }
-
-    /// Bytes not handed out yet.
-    pub(crate) fn remaining(&self) -> usize {
-        self.rest.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rest.is_empty() && self.lengths.len() == 0
+        (Frames::slices(self.body, self.frame_lengths), self.trailers)
     }
 }
 
@@ -327,9 +295,12 @@ impl Reader {
         self.array().map(u32::from_be_bytes)
     }
 
-    /// Frame lengths that must add up to `body_len`.
+    /// Frame lengths that must add up to `body_len`; none: the body is one frame.
     fn frame_lengths(&mut self, body_len: usize) -> Result<Vec<u32>, DecodeError> {
         let count = self.u32()? as usize;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         if count > self.0.len() / 4 {
             return Err(DecodeError::Truncated);
         }
@@ -347,7 +318,11 @@ impl Reader {
         if count > self.0.len() / 6 {
             return Err(DecodeError::Truncated);
         }
-        let mut headers = HeaderMap::with_capacity(count + room);
+        // A map that holds this many values exists (the record was made from one), but its
+        // capacity is asked for only up to a size any response has, and every step is fallible:
+        // `http` panics past its largest map.
+        let too_many = |_| DecodeError::Invalid("header count");
+        let mut headers = HeaderMap::try_with_capacity((count + room).min(64)).map_err(too_many)?;
         for _ in 0..count {
             let name_len = usize::from(self.u16()?);
             let name = HeaderName::from_bytes(&self.take(name_len)?)
@@ -355,7 +330,7 @@ impl Reader {
             let value_len = self.u32()? as usize;
             let value = HeaderValue::from_maybe_shared(self.take(value_len)?)
                 .map_err(|_| DecodeError::Invalid("header value"))?;
-            headers.append(name, value);
+            headers.try_append(name, value).map_err(too_many)?;
         }
         Ok(headers)
     }
@@ -545,6 +520,29 @@ mod tests {
             CompletedRecord::decode(&encoded),
             Err(DecodeError::Invalid("frame lengths"))
         );
+    }
+
+    #[test]
+    fn a_record_with_many_header_values_decodes() {
+        let mut headers = HeaderMap::new();
+        for i in 0..25_000u32 {
+            headers.append("x-many", HeaderValue::from(i));
+        }
+        let record =
+            CompletedRecord::Response(RecordedResponse::new(StatusCode::OK, headers, Bytes::new()));
+        assert_eq!(CompletedRecord::decode(&record.encode()).unwrap(), record);
+    }
+
+    #[test]
+    fn version_2_with_no_frame_lengths_is_one_frame() {
+        // version 2, response, 200, no headers, body "ab", 0 frame lengths, no trailers.
+        let bytes = [
+            2, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let CompletedRecord::Response(decoded) = CompletedRecord::decode(&bytes).unwrap() else {
+            panic!("not a response");
+        };
+        assert_eq!(decoded.frames().collect::<Vec<_>>(), ["ab"]);
     }
 
     #[test]

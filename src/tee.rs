@@ -10,14 +10,19 @@ use std::{
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
-use crate::response::RecordedResponse;
+use crate::{
+    body::{plus, Frames},
+    response::RecordedResponse,
+};
 
 /// The copy of a response body kept for its record: its frames up to the limit, and its
 /// trailers.
@@ -133,23 +138,33 @@ enum Phase {
 
 /// A response body that forwards every frame as it comes and keeps a copy for the record.
 ///
-/// Its end (trailers, or the last `None`) waits until the keeper has written the record, so a
-/// client that saw the whole answer and retries at once is replayed, not refused as in progress.
+/// Its end waits until the keeper has written the record, so a client that saw the whole
+/// answer and retries at once is replayed, not refused as in progress. The end is the trailers
+/// or the last `None`; when the response declares its length (hyper stops reading once that
+/// many bytes are out), it is the last data frame.
 pub(crate) struct Tee<B> {
     /// `None` only once moved to a draining task.
     body: Option<Pin<Box<B>>>,
     /// Frames read before the body first had to wait, already copied, not yet forwarded.
-    pending: std::vec::IntoIter<Bytes>,
+    pending: Frames,
     recording: Recording,
     /// Whether the record decision waits for the trailers (gRPC): then a copy past the limit
     /// does not end the recording early, since the final status may still release the key.
     decided_at_end: bool,
+    /// Bytes still to send of a declared length (`Content-Length`, or an exact size).
+    to_send: Option<u64>,
     end: Option<oneshot::Sender<BodyEnd>>,
     settled: oneshot::Receiver<()>,
+    /// The last data frame of a declared length, and the trailers: held until the record is in.
+    held_data: Option<Bytes>,
     held: Option<HeaderMap>,
     phase: Phase,
+    /// Set while the inner body is polled: still set in `drop` if it panicked.
+    polling: bool,
     /// Set once the client is gone and a task drains the rest.
     detached: bool,
+    /// How long a draining task reads before it gives up.
+    drain_limit: Duration,
     /// Moves the tee to a task that drains it; made where `B: Send + 'static` is known.
     detach: fn(Tee<B>),
 }
@@ -159,33 +174,55 @@ impl<B> std::fmt::Debug for Tee<B> {
         f.debug_struct("Tee")
             .field("phase", &self.phase)
             .field("decided_at_end", &self.decided_at_end)
+            .field("to_send", &self.to_send)
             .field("detached", &self.detached)
             .finish_non_exhaustive()
     }
 }
 
-impl<B> Tee<B> {
+/// What a [`Tee`] is told when it is made.
+#[derive(Debug)]
+pub(crate) struct TeeSettings {
+    /// See [`Tee::decided_at_end`].
+    pub(crate) decided_at_end: bool,
+    /// The response's `Content-Length`, if it has one.
+    pub(crate) declared_len: Option<u64>,
+    pub(crate) drain_limit: Duration,
+}
+
+impl<B: Body> Tee<B> {
     pub(crate) fn new(
         body: Pin<Box<B>>,
         recording: Recording,
-        decided_at_end: bool,
+        settings: TeeSettings,
         keeper: Keeper,
         detach: fn(Tee<B>),
     ) -> Self {
+        let pending = Frames::queue(recording.frames());
+        let exact = body.size_hint().exact();
+        let to_send = settings
+            .declared_len
+            .or_else(|| exact.map(|rest| rest + pending.remaining()));
         Self {
             body: Some(body),
-            pending: recording.frames().into_iter(),
+            pending,
             recording,
-            decided_at_end,
+            decided_at_end: settings.decided_at_end,
+            to_send,
             end: Some(keeper.end),
             settled: keeper.settled,
+            held_data: None,
             held: None,
             phase: Phase::Recording,
+            polling: false,
             detached: false,
+            drain_limit: settings.drain_limit,
             detach,
         }
     }
+}
 
+impl<B> Tee<B> {
     /// Hands the keeper the recording and how the body ended; once only.
     fn end(&mut self, how: Ending) {
         if let Some(end) = self.end.take() {
@@ -224,8 +261,19 @@ impl<B> Tee<B> {
         self.phase = Phase::Holding;
     }
 
+    /// Whether `data`, about to be sent, is the last of a declared length.
+    fn completes_declared_length(&mut self, data: &Bytes) -> bool {
+        match &mut self.to_send {
+            Some(left) if !data.is_empty() => {
+                *left = left.saturating_sub(data.len() as u64);
+                *left == 0
+            }
+            _ => false,
+        }
+    }
+
     /// Whether draining further can still change the record (for a tee whose client left).
-    pub(crate) fn still_recording(&self) -> bool {
+    fn still_recording(&self) -> bool {
         self.phase == Phase::Recording
     }
 }
@@ -235,13 +283,19 @@ impl<B: Body<Data = Bytes>> Tee<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if let Some(data) = self.pending.next() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
+        self.polling = true;
+        let polled = self.poll_next(cx);
+        self.polling = false;
+        polled
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         loop {
             match self.phase {
                 Phase::Done => {
-                    return Poll::Ready(self.held.take().map(|t| Ok(Frame::trailers(t))))
+                    let data = self.held_data.take().map(Frame::data);
+                    let last = data.or_else(|| self.held.take().map(Frame::trailers));
+                    return Poll::Ready(last.map(Ok));
                 }
                 Phase::Holding => {
                     // An error means the keeper is gone with its runtime: end all the same.
@@ -251,66 +305,82 @@ impl<B: Body<Data = Bytes>> Tee<B> {
                 }
                 Phase::Recording | Phase::Passing => {}
             }
-            let Some(body) = self.body.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let frame = match ready!(body.as_mut().poll_frame(cx)) {
+            let data = match self.pending.next() {
+                Some(data) => data,
                 None => {
-                    self.finish(None);
-                    continue;
-                }
-                Some(Err(error)) => {
-                    self.end(Ending::Broke);
-                    self.phase = Phase::Done;
-                    return Poll::Ready(Some(Err(error)));
-                }
-                Some(Ok(frame)) => frame,
-            };
-            match frame.into_data() {
-                Ok(data) => {
-                    self.copy(&data);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // Trailers are a body's last frame.
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.finish(Some(trailers));
+                    let Some(body) = self.body.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    match ready!(body.as_mut().poll_frame(cx)) {
+                        None => {
+                            self.finish(None);
+                            continue;
+                        }
+                        Some(Err(error)) => {
+                            self.end(Ending::Broke);
+                            self.phase = Phase::Done;
+                            self.held_data = None;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => {
+                                self.copy(&data);
+                                data
+                            }
+                            // Trailers are a body's last frame.
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    self.finish(Some(trailers));
+                                }
+                                continue;
+                            }
+                        },
                     }
                 }
+            };
+            if self.completes_declared_length(&data) {
+                // The client stops reading here: see the body's end first, and record it.
+                self.held_data = Some(data);
+                continue;
             }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
     }
 
     /// Never the inner body's word: the end must be polled, so the record gets written.
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Done && self.held.is_none() && self.pending.len() == 0
+        self.phase == Phase::Done
+            && self.held_data.is_none()
+            && self.held.is_none()
+            && self.pending.is_empty()
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
-        let pending: u64 = self.pending.as_slice().iter().map(|f| f.len() as u64).sum();
-        if self.phase == Phase::Done || self.phase == Phase::Holding {
-            return SizeHint::with_exact(pending);
+        let held = self.held_data.as_ref().map_or(0, |d| d.len() as u64);
+        let buffered = self.pending.remaining() + held;
+        match (&self.body, self.phase) {
+            (Some(body), Phase::Recording | Phase::Passing) => plus(body.size_hint(), buffered),
+            _ => SizeHint::with_exact(buffered),
         }
-        let inner = self
-            .body
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_default();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower().saturating_add(pending));
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper.saturating_add(pending));
-        }
-        hint
     }
 }
 
 impl<B> Drop for Tee<B> {
     /// A client that leaves mid-stream does not stop the recording: the rest of the body is
-    /// drained on a task of its own (at most to the record limit) and recorded.
+    /// drained on a task of its own (to the record limit, for at most the drain limit) and
+    /// recorded.
     fn drop(&mut self) {
         if self.phase != Phase::Recording || self.detached {
             return;
+        }
+        if self.polling {
+            // The body panicked: what it might yield if polled again was never sent, so it must
+            // never be recorded. The client saw a broken answer.
+            return self.end(Ending::Broke);
+        }
+        if self.recording.overflowed() {
+            // Decided at the end, and past the limit already: nothing left worth reading.
+            return self.end(Ending::CutShort);
         }
         let (settled_tx, settled) = oneshot::channel();
         drop(settled_tx);
@@ -319,21 +389,26 @@ impl<B> Drop for Tee<B> {
             pending: std::mem::take(&mut self.pending),
             recording: std::mem::replace(&mut self.recording, Recording::new(0)),
             decided_at_end: self.decided_at_end,
+            to_send: None,
             end: self.end.take(),
             settled,
+            held_data: None,
             held: None,
             phase: Phase::Recording,
+            polling: false,
             detached: true,
+            drain_limit: self.drain_limit,
             detach: self.detach,
         };
         (self.detach)(detached);
     }
 }
 
-/// Reads a detached tee to its end (or until nothing more can change its record); what it
-/// reads goes nowhere but the record.
-pub(crate) async fn drain<B: Body<Data = Bytes>>(mut tee: Tee<B>) {
-    std::future::poll_fn(|cx| loop {
+/// Reads a detached tee to its end, until nothing more can change its record, or for at most
+/// its drain limit (a stream that never ends, an idle one): then the key is a tombstone.
+async fn drain<B: Body<Data = Bytes>>(mut tee: Tee<B>) {
+    let limit = tee.drain_limit;
+    let to_the_end = std::future::poll_fn(|cx| loop {
         if !tee.still_recording() {
             return Poll::Ready(());
         }
@@ -342,8 +417,11 @@ pub(crate) async fn drain<B: Body<Data = Bytes>>(mut tee: Tee<B>) {
             Poll::Ready(Some(_)) => {}
             Poll::Pending => return Poll::Pending,
         }
-    })
-    .await
+    });
+    if tokio::time::timeout(limit, to_the_end).await.is_err() {
+        tracing::warn!(limit = ?limit, "idempotency: gave up reading a response whose client left; keeping a tombstone");
+        tee.end(Ending::CutShort);
+    }
 }
 
 /// Moves a tee whose client left to a task that drains it.
@@ -352,7 +430,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(drain(tee))),
+        Ok(runtime) => drop(runtime.spawn(drain(tee).in_current_span())),
         // Dropping it tells the keeper the body vanished: a tombstone, never a second run.
         Err(_) => tracing::warn!(
             "idempotency: no runtime to finish reading a response whose client went away"

@@ -69,6 +69,7 @@ impl From<DecodeError> for StoreError {
 
 /// A store that could not be reached while it was set up, named with its address, so that the
 /// error says which server to start or which URL to fix.
+#[cfg(feature = "redis")]
 #[derive(Debug)]
 pub(crate) struct Unreachable {
     pub(crate) store: &'static str,
@@ -76,6 +77,7 @@ pub(crate) struct Unreachable {
     pub(crate) source: BoxError,
 }
 
+#[cfg(feature = "redis")]
 impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -86,6 +88,7 @@ impl fmt::Display for Unreachable {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Error for Unreachable {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         Some(self.source.as_ref())

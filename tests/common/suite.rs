@@ -717,16 +717,27 @@ pub async fn in_progress_keys_are_capped_per_scope<St: IdempotencyStore>(store: 
         })
         .with_max_in_progress_per_scope(2);
     let svc = handler.service(layer);
-    let gated =
-        |tenant: &str, key: &str| with_header(post("/gated", Some(key), "{}"), "x-tenant", tenant);
+    let as_tenant = |path: &str, tenant: &str, key: &str| {
+        with_header(post(path, Some(key), "{}"), "x-tenant", tenant)
+    };
+    let gated = |tenant: &str, key: &str| as_tenant("/gated", tenant, key);
+    let done = send(&svc, as_tenant("/orders", "a", "done")).await;
+    assert_eq!(done.status, StatusCode::CREATED);
     let a1 = tokio::spawn(send(&svc, gated("a", "k1")));
     let a2 = tokio::spawn(send(&svc, gated("a", "k2")));
-    eventually("two of a's requests to run", || handler.executions() == 2).await;
+    eventually("two of a's requests to run", || handler.executions() == 3).await;
     let refused = send(&svc, gated("a", "k3")).await;
     refused.assert_problem(StatusCode::TOO_MANY_REQUESTS, "too-many-in-progress");
     assert_eq!(refused.values("retry-after"), ["1"]);
+    // Only keys that would start count: a replay and a duplicate of a running key are answered
+    // as ever.
+    let replay = send(&svc, as_tenant("/orders", "a", "done")).await;
+    assert!(replay.replayed(), "a replay at the cap is a replay");
+    send(&svc, gated("a", "k1"))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "in-progress");
     let b1 = tokio::spawn(send(&svc, gated("b", "k1")));
-    eventually("b's request to run", || handler.executions() == 3).await;
+    eventually("b's request to run", || handler.executions() == 4).await;
     handler.open_gate();
     for answer in [a1, a2, b1] {
         assert_eq!(answer.await.unwrap().status, StatusCode::CREATED);
@@ -734,7 +745,7 @@ pub async fn in_progress_keys_are_capped_per_scope<St: IdempotencyStore>(store: 
     let later = send(&svc, gated("a", "k3")).await;
     assert_eq!(later.status, StatusCode::CREATED);
     assert!(!later.replayed(), "the refused request had not run");
-    assert_eq!(handler.executions(), 4);
+    assert_eq!(handler.executions(), 5);
 }
 
 /// Sends `request()` again while the answer is 409 `in-progress` (the first request's record is
