@@ -107,11 +107,7 @@ mod tests {
         let fp = Fingerprint::sha256(b"same request");
         assert_eq!(alice.bind(fp), alice.bind(fp));
         assert_ne!(alice.bind(fp), mallory.bind(fp));
-        assert_ne!(
-            alice.bind(fp),
-            as_key.bind(fp),
-            "the header's name counts"
-        );
+        assert_ne!(alice.bind(fp), as_key.bind(fp), "the header's name counts");
         assert_ne!(alice.bind(fp), fp);
     }
 

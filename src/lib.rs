@@ -142,8 +142,8 @@ pub use response::{CompletedRecord, DecodeError, RecordedResponse};
 pub use scope::MakeScope;
 pub use service::IdempotencyService;
 pub use store::{
-    BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayCache, StoreError, StoreKey,
-    TieredStore,
+    BeginOutcome, DynStore, FencingToken, IdempotencyStore, LeaseToken, ReplayCache, ReplayTier,
+    StoreError, StoreKey, TieredStore,
 };
 
 #[cfg(feature = "memory")]

@@ -37,6 +37,7 @@ macro_rules! conformance {
                 a_grpc_stream_is_recorded_by_its_final_status,
                 a_body_that_breaks_leaves_a_broken_tombstone_and_never_runs_again,
                 a_client_that_leaves_mid_stream_gets_the_whole_record_on_its_retry,
+                the_same_holder_may_repeat_begin_and_complete,
             );
         }
     )+};

@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use http::StatusCode;
+use test_support::TestRedis;
 use tokio::task::JoinSet;
-use tower_idempotency::{IdempotencyLayer, TieredStore};
+use tower_idempotency::{IdempotencyLayer, MemoryStore, RedisStore, ReplayCache, TieredStore};
 
 use common::{counting_store::CountingStore, eventually, post, send, Handler, DEADLINE};
 
@@ -92,4 +95,106 @@ async fn flushing_the_fast_tier_mid_run_never_lets_a_duplicate_run() {
         63,
         "all others were refused while it ran"
     );
+}
+
+/// Any `ReplayTier` can be the fast tier: memory and a local replay cache in front of
+/// PostgreSQL fill, and replay without touching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_a_replay_cache_serve_as_fast_tiers() {
+    let (durable, _pg) = common::postgres_store().await;
+    let durable = CountingStore::new(durable);
+    let memory_first = TieredStore::new(MemoryStore::new(), durable.clone());
+    let cache_first = TieredStore::new(ReplayCache::new(MemoryStore::new()), durable.clone());
+    for (name, svc) in [
+        (
+            "memory",
+            Handler::new().service(IdempotencyLayer::new(memory_first)),
+        ),
+        (
+            "replay cache",
+            Handler::new().service(IdempotencyLayer::new(cache_first)),
+        ),
+    ] {
+        let key = format!("fast-{}", name.replace(' ', "-"));
+        let begins = durable.begins();
+        let first = send(&svc, post("/orders", Some(&key), "{}")).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        for _ in 0..3 {
+            let replay = send(&svc, post("/orders", Some(&key), "{}")).await;
+            assert!(replay.replayed());
+            assert_eq!(replay.body, first.body);
+        }
+        assert_eq!(
+            durable.begins(),
+            begins + 1,
+            "{name}: replays never reached PostgreSQL"
+        );
+    }
+}
+
+/// A fast tier that goes down is not the service's outage: replays come from PostgreSQL and new
+/// keys run, each fast call bounded; once Redis is back, it fills and replays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_tier_outage_degrades_to_the_durable_tier() {
+    let mut redis = TestRedis::start_own().await;
+    let fast = RedisStore::connect(redis.url()).await.unwrap();
+    let (durable, _pg) = common::postgres_store().await;
+    let durable = CountingStore::new(durable);
+    let store =
+        TieredStore::new(fast, durable.clone()).with_fast_timeout(Duration::from_millis(50));
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store.clone()));
+    let first = send(&svc, post("/orders", Some("recorded"), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    // A fast tier that hangs (paused for longer than the layer's 2 s store timeout): each fast
+    // call gives up after 50 ms, and the durable tier answers in time.
+    let mut probe = redis.connection().await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut probe)
+        .await
+        .unwrap();
+    let replay = send(&svc, post("/orders", Some("recorded"), "{}")).await;
+    assert!(
+        replay.replayed(),
+        "the durable tier replays: {}",
+        replay.text()
+    );
+    assert_eq!(replay.body, first.body);
+
+    // A fast tier that is gone (the pause is over by then, or ends with the process): the same.
+    redis.server().expect("a spawned server").stop();
+    let replay = send(&svc, post("/orders", Some("recorded"), "{}")).await;
+    assert!(
+        replay.replayed(),
+        "the durable tier replays: {}",
+        replay.text()
+    );
+    assert_eq!(replay.body, first.body);
+    let during = send(&svc, post("/orders", Some("during"), "{}")).await;
+    assert_eq!(during.status, StatusCode::CREATED);
+    assert!(store.fast_tier_failures() >= 1);
+    assert_eq!(handler.executions(), 2);
+
+    redis.server().unwrap().start().unwrap();
+    // Once the fast tier answers again, a durable replay fills it, and then it replays alone.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let begins = durable.begins();
+        assert!(send(&svc, post("/orders", Some("during"), "{}"))
+            .await
+            .replayed());
+        if durable.begins() == begins {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast tier never filled again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(handler.executions(), 2);
 }

@@ -13,9 +13,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tower_idempotency::{ConflictPolicy, IdempotencyLayer};
-
-use crate::store::AnyStore;
+use tower_idempotency::{ConflictPolicy, DynStore, IdempotencyLayer};
 
 /// Sets up logging (`RUST_LOG`, default `info,tower_idempotency=debug`), runs the example, and
 /// exits with status 1 and the error on failure.
@@ -88,8 +86,8 @@ impl Settings {
     /// chosen policy, lease and TTL. Also names the store, for the start-up log.
     pub(crate) async fn layer(
         &self,
-    ) -> Result<(IdempotencyLayer<AnyStore>, &'static str), Box<dyn std::error::Error>> {
-        let (store, name) = AnyStore::from_env(
+    ) -> Result<(IdempotencyLayer<DynStore>, &'static str), Box<dyn std::error::Error>> {
+        let (store, name) = crate::store::from_env(
             self.redis_url.as_deref(),
             self.database_url.as_deref(),
             self.tiered,

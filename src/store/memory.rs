@@ -12,8 +12,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError,
-    StoreKey,
+    eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayTier,
+    StoreError, StoreKey,
 };
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
@@ -70,6 +70,9 @@ enum Slot {
         // Boxed: it keeps map entries small, and the map is what a full store is made of.
         record: Box<CompletedRecord>,
         generation: u64,
+        /// Who completed it, so that a `complete` sent twice succeeds twice; `None` for a
+        /// record another store completed.
+        by: Option<LeaseToken>,
     },
 }
 
@@ -133,6 +136,35 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Puts a completed record in `key`'s place (which `make_room` made, or which it holds).
+    fn insert_completed(
+        &mut self,
+        key: StoreKey,
+        fingerprint: Fingerprint,
+        record: &CompletedRecord,
+        expires_at: Instant,
+        by: Option<LeaseToken>,
+    ) {
+        let generation = self.completed.push(key);
+        let slot = Slot::Completed {
+            record: Box::new(record.clone()),
+            generation,
+            by,
+        };
+        self.entries.insert(
+            key,
+            Entry {
+                fingerprint,
+                expires_at,
+                slot,
+            },
+        );
+        let entries = &self.entries;
+        self.completed.compact(entries.len(), |key, generation| {
+            is_queued(entries, key, generation)
+        });
+    }
+
     /// Frees one place, oldest completed record first; `false` when none can go.
     fn make_room(&mut self, max_entries: usize, now: Instant) -> bool {
         while self.entries.len() >= max_entries {
@@ -168,6 +200,12 @@ impl IdempotencyStore for MemoryStore {
         let now = Instant::now();
         let mut state = self.lock();
         match state.entries.get(key) {
+            // The same holder asking again (a `begin` whose reply was lost) gets its lease back.
+            Some(Entry {
+                fingerprint: held_for,
+                slot: Slot::InProgress { token: held },
+                expires_at,
+            }) if *expires_at > now && held == token && held_for == fingerprint => {}
             Some(entry) if entry.expires_at > now => {
                 return Ok(if entry.fingerprint != *fingerprint {
                     BeginOutcome::Mismatch
@@ -209,26 +247,28 @@ impl IdempotencyStore for MemoryStore {
         &self,
         key: &StoreKey,
         token: &LeaseToken,
-        _fingerprint: &Fingerprint,
+        fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .with_held(key, token, |state| {
-                let generation = state.completed.push(*key);
-                if let Some(entry) = state.entries.get_mut(key) {
-                    entry.expires_at = Instant::now() + ttl;
-                    entry.slot = Slot::Completed {
-                        record: Box::new(record.clone()),
-                        generation,
-                    };
-                }
-                let entries = &state.entries;
-                state.completed.compact(entries.len(), |key, generation| {
-                    is_queued(entries, key, generation)
-                });
-            })
-            .is_some())
+        let completed = self.with_held(key, token, |state| {
+            let fingerprint = state
+                .entries
+                .get(key)
+                .map_or(*fingerprint, |e| e.fingerprint);
+            let expires_at = Instant::now() + ttl;
+            state.insert_completed(*key, fingerprint, record, expires_at, Some(*token));
+        });
+        if completed.is_some() {
+            return Ok(true);
+        }
+        // Sent twice by the same holder with the same record (its first reply was lost).
+        let state = self.lock();
+        Ok(matches!(
+            state.entries.get(key),
+            Some(Entry { slot: Slot::Completed { by: Some(by), record: kept, .. }, expires_at, .. })
+                if by == token && **kept == *record && *expires_at > Instant::now()
+        ))
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
@@ -252,6 +292,57 @@ impl IdempotencyStore for MemoryStore {
                 }
             })
             .is_some())
+    }
+}
+
+impl ReplayTier for MemoryStore {
+    async fn peek(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<BeginOutcome>, StoreError> {
+        let now = Instant::now();
+        let state = self.lock();
+        Ok(match state.entries.get(key) {
+            Some(entry) if entry.expires_at > now => match &entry.slot {
+                Slot::Completed { .. } if entry.fingerprint != *fingerprint => {
+                    Some(BeginOutcome::Mismatch)
+                }
+                Slot::Completed { record, .. } => Some(BeginOutcome::Completed {
+                    record: (**record).clone(),
+                    expires_in: Some(entry.expires_at - now),
+                }),
+                Slot::InProgress { .. } => None,
+            },
+            _ => None,
+        })
+    }
+
+    async fn put_completed(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.entries.get(key) {
+            Some(Entry {
+                slot: Slot::InProgress { .. },
+                expires_at,
+                ..
+            }) if *expires_at > now => return Ok(false),
+            Some(_) => {
+                state.entries.remove(key);
+            }
+            None => {}
+        }
+        if !state.make_room(self.shared.max_entries, now) {
+            return Ok(false);
+        }
+        state.insert_completed(*key, *fingerprint, record, now + ttl, None);
+        Ok(true)
     }
 }
 

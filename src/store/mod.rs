@@ -14,6 +14,7 @@ use std::{fmt, future::Future, time::Duration};
 
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
+mod dynamic;
 mod error;
 mod eviction;
 pub(crate) mod key;
@@ -28,6 +29,7 @@ mod redis;
 mod replay_cache;
 mod tiered;
 
+pub use dynamic::DynStore;
 pub use error::StoreError;
 pub use key::StoreKey;
 pub use replay_cache::ReplayCache;
@@ -73,9 +75,29 @@ pub enum BeginOutcome {
 
 /// A place to keep idempotency records, shared by every instance of the layer that must agree.
 ///
-/// Implementations must make [`begin`](Self::begin) atomic (two concurrent calls for one key never
-/// both see [`BeginOutcome::Acquired`]) and must check the lease token on every other call. The
-/// layer wraps each call in a timeout, so a store need not add its own.
+/// # The contract
+///
+/// What every store the crate ships does, and what a store written elsewhere must do (the
+/// conformance suite in `tests/common/suite.rs` checks each point against every store):
+///
+/// - [`begin`](Self::begin) is atomic: two concurrent calls for one key never both see
+///   [`BeginOutcome::Acquired`].
+/// - [`complete`](Self::complete), [`release`](Self::release) and [`renew`](Self::renew) are
+///   token-checked: they act only while the record is held with the caller's [`LeaseToken`]. A
+///   holder whose lease ran out never overwrites, deletes or extends a record that belongs to
+///   someone else now.
+/// - The same holder may repeat a call whose reply it lost: `begin` with the same token and
+///   fingerprint while it holds the key gets [`BeginOutcome::Acquired`] again, and `complete`
+///   with the same token and record after it succeeded succeeds again. (Another holder's
+///   `complete` never lands a record of its own; with a byte-identical record, a store may not
+///   tell it from a repeat.)
+/// - Expiry is honoured on every read: an expired lease or record is as good as absent.
+/// - A key reused with another fingerprint is [`BeginOutcome::Mismatch`], while in progress
+///   too.
+///
+/// The layer wraps each call in a timeout, so a store need not add its own. Optional abilities
+/// are traits of their own: [`ReplayTier`] for a store that can be a [`TieredStore`]'s fast
+/// tier.
 ///
 /// The crate ships [`MemoryStore`] (one process), [`RedisStore`] (many; Redis Cluster with the
 /// `redis-cluster` feature), `PostgresStore` (feature `postgres`), and two that wrap others:
@@ -142,32 +164,69 @@ pub trait IdempotencyStore: fmt::Debug + Send + Sync + 'static {
         token: &LeaseToken,
         lease: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
 
+/// The ability to serve as a replay tier, the fast tier of a [`TieredStore`]: answer from
+/// completed records alone, and keep records that another store completed.
+///
+/// An ability of its own, not a part of [`IdempotencyStore`] with a default that does nothing:
+/// a store that cannot do it cannot be put in front, which the compiler says, instead of a
+/// fast tier that silently never fills. [`MemoryStore`], [`RedisStore`] and [`ReplayCache`]
+/// have it.
+///
+/// ```compile_fail,E0277
+/// # use std::time::Duration;
+/// # use tower_idempotency::{BeginOutcome, CompletedRecord, Fingerprint,
+/// #     IdempotencyStore, LeaseToken, MemoryStore, StoreError, StoreKey, TieredStore};
+/// /// A store without the ability.
+/// #[derive(Debug)]
+/// struct Ledger;
+/// # impl IdempotencyStore for Ledger {
+/// #     async fn begin(&self, _: &StoreKey, _: &Fingerprint, _: &LeaseToken, _: Duration) -> Result<BeginOutcome, StoreError> { unimplemented!() }
+/// #     async fn complete(&self, _: &StoreKey, _: &LeaseToken, _: &Fingerprint, _: &CompletedRecord, _: Duration) -> Result<bool, StoreError> { unimplemented!() }
+/// #     async fn release(&self, _: &StoreKey, _: &LeaseToken) -> Result<bool, StoreError> { unimplemented!() }
+/// #     async fn renew(&self, _: &StoreKey, _: &LeaseToken, _: Duration) -> Result<bool, StoreError> { unimplemented!() }
+/// # }
+/// fn a_store(_: impl IdempotencyStore) {}
+///
+/// // Does not compile (E0277): `Ledger` is no `ReplayTier`, so it cannot be the fast tier.
+/// a_store(TieredStore::new(Ledger, MemoryStore::new()));
+/// ```
+///
+/// The other way round compiles: any store can be the durable tier.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tower_idempotency::{BeginOutcome, CompletedRecord, Fingerprint,
+/// #     IdempotencyStore, LeaseToken, MemoryStore, StoreError, StoreKey, TieredStore};
+/// # #[derive(Debug)]
+/// # struct Ledger;
+/// # impl IdempotencyStore for Ledger {
+/// #     async fn begin(&self, _: &StoreKey, _: &Fingerprint, _: &LeaseToken, _: Duration) -> Result<BeginOutcome, StoreError> { unimplemented!() }
+/// #     async fn complete(&self, _: &StoreKey, _: &LeaseToken, _: &Fingerprint, _: &CompletedRecord, _: Duration) -> Result<bool, StoreError> { unimplemented!() }
+/// #     async fn release(&self, _: &StoreKey, _: &LeaseToken) -> Result<bool, StoreError> { unimplemented!() }
+/// #     async fn renew(&self, _: &StoreKey, _: &LeaseToken, _: Duration) -> Result<bool, StoreError> { unimplemented!() }
+/// # }
+/// # fn a_store(_: impl IdempotencyStore) {}
+/// a_store(TieredStore::new(MemoryStore::new(), Ledger));
+/// ```
+pub trait ReplayTier: IdempotencyStore {
     /// The completed record for `key`, if this store has one, without acquiring anything:
-    /// [`BeginOutcome::Completed`] or [`BeginOutcome::Mismatch`], else `None`.
-    ///
-    /// Used by [`TieredStore`] to ask its fast tier. The default knows nothing.
+    /// [`BeginOutcome::Completed`] (with `expires_in`) or [`BeginOutcome::Mismatch`], else
+    /// `None`.
     fn peek(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
-    ) -> impl Future<Output = Result<Option<BeginOutcome>, StoreError>> + Send {
-        let _ = (key, fingerprint);
-        async { Ok(None) }
-    }
+    ) -> impl Future<Output = Result<Option<BeginOutcome>, StoreError>> + Send;
 
-    /// Keeps a record another store completed, for `ttl`, as a cache would.
-    ///
-    /// Used by [`TieredStore`] to fill its fast tier; returns whether the record was kept. The
-    /// default keeps nothing.
+    /// Keeps `record`, which another store completed, for `ttl`, as a cache would; returns
+    /// whether it was kept. A key this store holds in progress is left alone.
     fn put_completed(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
         record: &CompletedRecord,
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let _ = (key, fingerprint, record, ttl);
-        async { Ok(false) }
-    }
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -61,6 +61,8 @@ impl Queries {
                             token = EXCLUDED.token, record = NULL,
                             expires_at = EXCLUDED.expires_at
                         WHERE t.expires_at <= now()
+                           OR (t.state = 'p' AND t.token = EXCLUDED.token
+                               AND t.fingerprint = EXCLUDED.fingerprint)
                     RETURNING nextval('{table}_fence') AS fence
                 )
                 SELECT 'a' AS outcome, fence, NULL::bytea AS fingerprint, NULL::text AS state,

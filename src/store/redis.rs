@@ -24,8 +24,8 @@ use redis::{
 };
 
 use super::{
-    error::Unreachable, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError,
-    StoreKey,
+    error::Unreachable, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayTier,
+    StoreError, StoreKey,
 };
 use crate::{
     fingerprint::Fingerprint,
@@ -620,7 +620,12 @@ where
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("renew", reply)
     }
+}
 
+impl<C> ReplayTier for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     async fn peek(
         &self,
         key: &StoreKey,

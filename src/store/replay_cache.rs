@@ -10,7 +10,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    eviction::EvictionQueue, BeginOutcome, IdempotencyStore, LeaseToken, StoreError, StoreKey,
+    eviction::EvictionQueue, BeginOutcome, IdempotencyStore, LeaseToken, ReplayTier, StoreError,
+    StoreKey,
 };
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
@@ -280,5 +281,28 @@ impl<St: IdempotencyStore> IdempotencyStore for ReplayCache<St> {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         self.inner.renew(key, token, lease).await
+    }
+}
+
+/// A replay cache can be the fast tier of a [`TieredStore`](super::TieredStore): it answers from
+/// what this instance has cached, and keeps what it is given.
+impl<St: IdempotencyStore> ReplayTier for ReplayCache<St> {
+    async fn peek(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Option<BeginOutcome>, StoreError> {
+        Ok(self.lookup(key, fingerprint))
+    }
+
+    async fn put_completed(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        record: &CompletedRecord,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.insert(*key, *fingerprint, record, ttl);
+        Ok(true)
     }
 }

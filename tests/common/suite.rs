@@ -929,3 +929,73 @@ pub async fn a_client_that_leaves_mid_stream_gets_the_whole_record_on_its_retry<
     assert_eq!(retry.trailers.as_ref().unwrap()["x-execution"], "1");
     assert_eq!(handler.executions(), 1);
 }
+
+/// The store contract: a `begin` or `complete` that the same holder sends twice (its first
+/// reply lost) succeeds twice; another holder's does not.
+pub async fn the_same_holder_may_repeat_begin_and_complete<St: IdempotencyStore>(store: St) {
+    let key = StoreKey::derive(None, "POST", "/orders", "repeated");
+    let fingerprint = Fingerprint::sha256(b"{}");
+    let lease = Duration::from_secs(30);
+    let (holder, other) = (LeaseToken::generate(), LeaseToken::generate());
+    let acquired = |outcome: &BeginOutcome| matches!(outcome, BeginOutcome::Acquired { .. });
+    assert!(acquired(
+        &store
+            .begin(&key, &fingerprint, &holder, lease)
+            .await
+            .unwrap()
+    ));
+    assert!(
+        acquired(
+            &store
+                .begin(&key, &fingerprint, &holder, lease)
+                .await
+                .unwrap()
+        ),
+        "a repeated begin by the holder gets its lease back"
+    );
+    assert!(matches!(
+        store
+            .begin(&key, &fingerprint, &other, lease)
+            .await
+            .unwrap(),
+        BeginOutcome::InProgress { .. }
+    ));
+    let record = CompletedRecord::Response(RecordedResponse::new(
+        StatusCode::CREATED,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"done"),
+    ));
+    assert!(store
+        .complete(&key, &holder, &fingerprint, &record, lease)
+        .await
+        .unwrap());
+    assert!(
+        store
+            .complete(&key, &holder, &fingerprint, &record, lease)
+            .await
+            .unwrap(),
+        "a repeated complete by the holder succeeds"
+    );
+    // Another holder never lands a record of its own. (With the very same record, a store may
+    // not tell it from a repeat: Redis compares the stored value, which has no token.)
+    let another = CompletedRecord::Response(RecordedResponse::new(
+        StatusCode::CREATED,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"another run"),
+    ));
+    assert!(!store
+        .complete(&key, &other, &fingerprint, &another, lease)
+        .await
+        .unwrap());
+    assert!(
+        !store.release(&key, &holder).await.unwrap(),
+        "a completed record stays"
+    );
+    assert!(matches!(
+        store
+            .begin(&key, &fingerprint, &other, lease)
+            .await
+            .unwrap(),
+        BeginOutcome::Completed { .. }
+    ));
+}
