@@ -38,8 +38,9 @@ for features in "" "memory" "redis" "redis-cluster" "postgres"; do
   RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --no-default-features --features "$features"
 done
 
-echo "==> MSRV and licenses of the dependencies"
+echo "==> MSRV and licenses of the dependencies; no module import circles"
 python3 scripts/check_deps.py
+python3 scripts/check_cycles.py
 
 echo "==> cargo package"
 cargo package -q --allow-dirty --no-verify

@@ -8,7 +8,7 @@
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 
-use crate::{fingerprint::Fingerprint, store::key::update_prefixed};
+use crate::{digest::update_prefixed, fingerprint::Fingerprint};
 
 /// The headers treated as credentials by default: `Authorization`, `Proxy-Authorization` and
 /// `X-Api-Key`. Not `Cookie`: browsers change cookies between two tries (analytics, affinity),

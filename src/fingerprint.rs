@@ -8,7 +8,7 @@ use std::fmt;
 use http::{request::Parts, HeaderName};
 use sha2::{Digest, Sha256};
 
-use crate::store::key::update_prefixed;
+use crate::digest::update_prefixed;
 
 /// A SHA-256 digest that identifies a request's content.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -312,6 +312,15 @@ impl<St> IdempotencyLayer<St> {
     }
 }
 
+// Here rather than beside the service, so that the service's module does not depend on the
+// builder's (tower-http's `Service::layer()` shape, without an import circle).
+impl<S, St> IdempotencyService<S, St> {
+    /// A layer with the default settings that wraps services in this one.
+    pub fn layer(store: St) -> IdempotencyLayer<St> {
+        IdempotencyLayer::new(store)
+    }
+}
+
 impl<S, St> Layer<S> for IdempotencyLayer<St> {
     type Service = IdempotencyService<S, St>;
 

@@ -10,14 +10,15 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    body::{Frames, ResponseBody},
+    body::ResponseBody,
     config::{Config, Shared},
     fingerprint::Fingerprint,
+    frames::Frames,
     guard::ReleaseGuard,
     in_progress::InProgressPermit,
+    lease::{keep_renewed, timed},
     outcome::Outcome,
     problems::{Dialect, Problem},
-    protocol::{keep_renewed, timed},
     record_when::Verdict,
     response::{CompletedRecord, RecordedResponse},
     store::{IdempotencyStore, LeaseToken, StoreKey},

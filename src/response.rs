@@ -23,7 +23,7 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::body::Frames;
+use crate::frames::Frames;
 
 const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;

@@ -18,7 +18,6 @@ use crate::{
     config::{Config, Shared},
     future::ResponseFuture,
     key,
-    layer::IdempotencyLayer,
     problems::{Dialect, Problem},
     protocol,
     store::IdempotencyStore,
@@ -48,11 +47,6 @@ impl<S, St> IdempotencyService<S, St> {
             inner,
             shared: Arc::new(Shared { store, config }),
         }
-    }
-
-    /// A layer with the default settings that wraps services in this one.
-    pub fn layer(store: St) -> IdempotencyLayer<St> {
-        IdempotencyLayer::new(store)
     }
 
     /// The inner service.

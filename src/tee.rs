@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::{
-    body::{plus, Frames},
+    frames::{plus, Frames},
     response::RecordedResponse,
 };
 

@@ -2,7 +2,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::hex::Hex32;
+use crate::{digest::update_prefixed, hex::Hex32};
 
 /// The name of one idempotency record: a SHA-256 over the scope, method, path and key.
 ///
@@ -49,11 +49,6 @@ impl StoreKey {
     pub(crate) fn hex(&self) -> Hex32 {
         Hex32::new(&self.0)
     }
-}
-
-pub(crate) fn update_prefixed(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
 }
 
 impl fmt::Debug for StoreKey {
