@@ -13,7 +13,7 @@ use crate::{
     key_format::KeyFormat,
     outcome::{OnOutcome, Outcome},
     policy::{ConflictPolicy, HeaderFilter},
-    problems::{Dialect, Problem},
+    problems::{Dialect, MakeProblemResponse, Problem},
     record_when::RecordRule,
     scope::MakeScope,
 };
@@ -59,6 +59,7 @@ pub(crate) struct Config {
     pub(crate) fingerprint: Arc<dyn MakeFingerprint>,
     pub(crate) fail_open: bool,
     pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
+    pub(crate) problem_response: Option<Arc<dyn MakeProblemResponse>>,
 }
 
 impl Config {
@@ -82,7 +83,20 @@ impl Config {
             "idempotency: request refused"
         );
         self.observe(Outcome::Refused);
-        problem.into_response(dialect)
+        self.answer(problem, dialect)
+    }
+
+    /// The layer's own answer: the user's hook for HTTP clients if there is one, else
+    /// problem+json; always a gRPC status to gRPC clients.
+    pub(crate) fn answer<B>(
+        &self,
+        problem: Problem,
+        dialect: Dialect,
+    ) -> Response<ResponseBody<B>> {
+        match (&self.problem_response, dialect) {
+            (Some(hook), Dialect::Http) => problem.into_custom_response(&**hook),
+            _ => problem.into_response(dialect),
+        }
     }
 }
 
@@ -110,6 +124,7 @@ impl Default for Config {
             fingerprint: Arc::new(DefaultFingerprint::new()),
             fail_open: false,
             on_outcome: None,
+            problem_response: None,
         }
     }
 }
@@ -135,6 +150,7 @@ impl fmt::Debug for Config {
             .field("in_progress_limit", &self.in_progress_limit)
             .field("fail_open", &self.fail_open)
             .field("on_outcome", &self.on_outcome.is_some())
+            .field("problem_response", &self.problem_response.is_some())
             .finish_non_exhaustive()
     }
 }

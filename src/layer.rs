@@ -13,6 +13,7 @@ use crate::{
     key_format::KeyFormat,
     outcome::OnOutcome,
     policy::{ConflictPolicy, HeaderFilter},
+    problems::MakeProblemResponse,
     record_when::{self, RecordWhen},
     scope::{MakeScope, ScopeFromExtension},
     service::IdempotencyService,
@@ -303,6 +304,29 @@ impl<St> IdempotencyLayer<St> {
     /// Every request let through is logged at `warn`. A corrupt record still answers 500.
     pub fn with_fail_open(self, fail_open: bool) -> Self {
         self.set(|c| c.fail_open = fail_open)
+    }
+
+    /// Answers the layer's refusals (400, 409, 413, 422, 429, 500, 503) in the app's own error
+    /// format instead of problem+json (the default). The hook gets the
+    /// [`Refusal`](crate::problems::Refusal); the layer adds `Retry-After` where the refusal
+    /// calls for it and the answer has none. gRPC clients still get gRPC statuses.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{header, Response};
+    /// use tower_idempotency::{problems::Refusal, IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_problem_response(|refusal: &Refusal| {
+    ///     let body = format!(r#"{{"error":{{"code":"{}","message":"{}"}}}}"#, refusal.kind, refusal.detail);
+    ///     Response::builder()
+    ///         .status(refusal.status)
+    ///         .header(header::CONTENT_TYPE, "application/json")
+    ///         .body(Bytes::from(body))
+    ///         .unwrap()
+    /// });
+    /// ```
+    pub fn with_problem_response(self, hook: impl MakeProblemResponse) -> Self {
+        self.set(|c| c.problem_response = Some(Arc::new(hook)))
     }
 
     /// Calls `hook` with every [`Outcome`](crate::Outcome) (acquired, replayed, conflict, ...), to count them in

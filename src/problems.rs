@@ -104,6 +104,45 @@ impl Dialect {
 const TYPE_BASE: &str =
     "https://docs.rs/tower-idempotency/latest/tower_idempotency/problems/index.html#";
 
+/// A refusal the layer answers itself, as a hook made with
+/// [`IdempotencyLayer::with_problem_response`](crate::IdempotencyLayer::with_problem_response)
+/// sees it: everything the problem+json body would say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refusal {
+    /// The status to answer with (400, 409, 413, 422, 429, 500 or 503).
+    pub status: StatusCode,
+    /// Which problem it is: the section names above (`key-missing`, `in-progress`, ...), as in
+    /// the problem+json `type`.
+    pub kind: &'static str,
+    /// A short title, the same for every refusal of this kind.
+    pub title: &'static str,
+    /// What happened, for a person.
+    pub detail: String,
+    /// When to try again, where the status calls for it (409, 429, 503); the layer sets
+    /// `Retry-After` from it if the hook's answer has none.
+    pub retry_after: Option<std::time::Duration>,
+    /// For `response-not-recorded` and `response-broken`: the status the first request got.
+    pub original_status: Option<StatusCode>,
+}
+
+/// Turns the layer's refusals into the app's own error format; see
+/// [`IdempotencyLayer::with_problem_response`](crate::IdempotencyLayer::with_problem_response).
+/// Implemented for closures.
+pub trait MakeProblemResponse: Send + Sync + 'static {
+    /// The answer to one refusal.
+    fn response(&self, refusal: &Refusal) -> Response<Bytes>;
+}
+
+impl<F> MakeProblemResponse for F
+where
+    F: Fn(&Refusal) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn response(&self, refusal: &Refusal) -> Response<Bytes> {
+        self(refusal)
+    }
+}
+
 /// One problem the layer can answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Problem {
@@ -256,6 +295,40 @@ impl Problem {
             | Self::StoreUnavailable { retry_after_secs } => Some((*retry_after_secs).max(1)),
             _ => None,
         }
+    }
+
+    /// The problem as a hook sees it.
+    pub(crate) fn refusal(&self) -> Refusal {
+        let (status, kind, title) = self.parts();
+        Refusal {
+            status,
+            kind,
+            title,
+            detail: self.detail(),
+            retry_after: self.retry_after_secs().map(std::time::Duration::from_secs),
+            original_status: match self {
+                Self::ResponseNotRecorded { original } | Self::ResponseBroken { original } => {
+                    Some(*original)
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The answer `hook` makes of the problem, with `Retry-After` where the problem calls for
+    /// it and the hook left it out.
+    pub(crate) fn into_custom_response<B>(
+        self,
+        hook: &dyn MakeProblemResponse,
+    ) -> Response<ResponseBody<B>> {
+        let mut response = hook.response(&self.refusal()).map(ResponseBody::full);
+        if let Some(secs) = self.retry_after_secs() {
+            let headers = response.headers_mut();
+            if !headers.contains_key(header::RETRY_AFTER) {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+        }
+        response
     }
 
     /// The problem as an answer in the client's dialect.

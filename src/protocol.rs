@@ -134,7 +134,7 @@ where
             guard.disarm();
             tracing::error!(%error, "idempotency: stored record is corrupt");
             config.observe(Outcome::Corrupt);
-            Ok(Problem::RecordCorrupt.into_response(dialect))
+            Ok(config.answer(Problem::RecordCorrupt, dialect))
         }
         // The guard stays armed: a `begin` that timed out may still have acquired the key.
         Err(error) if config.fail_open => {
@@ -150,10 +150,10 @@ where
         Err(error) => {
             tracing::warn!(%error, "idempotency: store failed; refusing the request (fail-closed)");
             config.observe(Outcome::StoreFailed);
-            Ok(Problem::StoreUnavailable {
+            let problem = Problem::StoreUnavailable {
                 retry_after_secs: 1,
-            }
-            .into_response(dialect))
+            };
+            Ok(config.answer(problem, dialect))
         }
     }
 }
@@ -179,24 +179,24 @@ async fn decide<St: IdempotencyStore, B>(
             BeginOutcome::Completed { record, .. } => {
                 tracing::debug!("idempotency: replayed");
                 config.observe(Outcome::Replayed);
-                return Ok(Decision::Respond(replay(record, dialect)));
+                return Ok(Decision::Respond(replay(config, record, dialect)));
             }
             BeginOutcome::Mismatch => {
                 tracing::debug!("idempotency: key reused with another request");
                 config.observe(Outcome::Mismatch);
-                return Ok(Decision::Respond(Problem::KeyReused.into_response(dialect)));
+                return Ok(Decision::Respond(
+                    config.answer(Problem::KeyReused, dialect),
+                ));
             }
             BeginOutcome::InProgress { retry_after } => retry_after.unwrap_or(config.lease_ttl),
         };
         let conflict = || {
             tracing::debug!("idempotency: conflict with a request in progress");
             config.observe(Outcome::Conflict);
-            Ok(Decision::Respond(
-                Problem::InProgress {
-                    retry_after_secs: ceil_secs(retry_after),
-                }
-                .into_response(dialect),
-            ))
+            let problem = Problem::InProgress {
+                retry_after_secs: ceil_secs(retry_after),
+            };
+            Ok(Decision::Respond(config.answer(problem, dialect)))
         };
         let ConflictPolicy::Wait { poll, timeout } = config.conflict else {
             return conflict();
@@ -273,7 +273,11 @@ fn ceil_secs(duration: Duration) -> u64 {
 
 /// The recorded response, as the first request got it (frame by frame, trailers last), marked
 /// as a replay.
-fn replay<B>(record: CompletedRecord, dialect: Dialect) -> Response<ResponseBody<B>> {
+fn replay<B>(
+    config: &Config,
+    record: CompletedRecord,
+    dialect: Dialect,
+) -> Response<ResponseBody<B>> {
     let mut response = match record {
         CompletedRecord::Response(mut recorded) => {
             let status = recorded.status;
@@ -285,10 +289,10 @@ fn replay<B>(record: CompletedRecord, dialect: Dialect) -> Response<ResponseBody
             response
         }
         CompletedRecord::Tombstone { status } => {
-            Problem::ResponseNotRecorded { original: status }.into_response(dialect)
+            config.answer(Problem::ResponseNotRecorded { original: status }, dialect)
         }
         CompletedRecord::Broken { status } => {
-            Problem::ResponseBroken { original: status }.into_response(dialect)
+            config.answer(Problem::ResponseBroken { original: status }, dialect)
         }
     };
     response

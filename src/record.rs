@@ -113,7 +113,7 @@ where
             tracing::warn!(%error, "idempotency: response body failed before it was sent");
             let settlement = Settlement::Record(CompletedRecord::Broken { status });
             settle(&shared, guard, &fingerprint, settlement, permit).await;
-            Problem::ResponseFailed.into_response(dialect)
+            config.answer(Problem::ResponseFailed, dialect)
         }
         Read::Overflowed if verdict == Verdict::Record => {
             let settlement = Settlement::Record(CompletedRecord::Tombstone { status });

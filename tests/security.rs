@@ -41,3 +41,60 @@ async fn a_minimum_length_over_an_alphabet() {
     assert_eq!(ok.status, StatusCode::CREATED);
     assert_eq!(handler.executions(), 1);
 }
+
+/// The app's own error format, through one hook: every refusal goes through it, with
+/// `Retry-After` kept where the refusal calls for it; gRPC clients still get gRPC statuses.
+#[tokio::test]
+async fn refusals_take_the_apps_error_format() {
+    use bytes::Bytes;
+    use tower_idempotency::problems::Refusal;
+
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .with_key_required(true)
+        .with_problem_response(|refusal: &Refusal| {
+            let body = format!(
+                "{{\"error\":\"{}\",\"status\":{}}}",
+                refusal.kind,
+                refusal.status.as_u16()
+            );
+            http::Response::builder()
+                .status(refusal.status)
+                .header("content-type", "application/vnd.app.error+json")
+                .body(Bytes::from(body))
+                .unwrap()
+        });
+    let svc = handler.service(layer);
+    let missing = send(&svc, post("/orders", None, "{}")).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        missing.headers["content-type"],
+        "application/vnd.app.error+json"
+    );
+    assert_eq!(missing.text(), "{\"error\":\"key-missing\",\"status\":400}");
+
+    let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));
+    common::eventually("the first request to run", || handler.executions() == 1).await;
+    let conflict = send(&svc, post("/gated", Some("k"), "{}")).await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert_eq!(
+        conflict.text(),
+        "{\"error\":\"in-progress\",\"status\":409}"
+    );
+    assert!(
+        conflict.headers.contains_key("retry-after"),
+        "Retry-After is kept"
+    );
+    let grpc = common::with_header(
+        post("/gated", Some("k"), "{}"),
+        "content-type",
+        "application/grpc",
+    );
+    let grpc = send(&svc, grpc).await;
+    assert_eq!(
+        grpc.headers["grpc-status"], "10",
+        "gRPC clients get ABORTED"
+    );
+    handler.open_gate();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+}
