@@ -10,6 +10,7 @@ use crate::{
     credentials,
     fingerprint::{DefaultFingerprint, MakeFingerprint},
     in_progress::InProgressLimit,
+    key::MakeKey,
     key_format::KeyFormat,
     outcome::{OnOutcome, Outcome},
     policy::{ConflictPolicy, HeaderFilter},
@@ -33,10 +34,34 @@ pub const DEFAULT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// The default cap on requests waiting under [`ConflictPolicy::Wait`].
 pub const DEFAULT_MAX_WAITERS: usize = 1024;
 
+/// A coverage rule over the request head.
+pub(crate) type CoveredWhen = dyn Fn(&http::request::Parts) -> bool + Send + Sync;
+
+/// Where a request's key comes from.
+#[derive(Clone)]
+pub(crate) enum KeySource {
+    /// A header, read before the body: a request without a key is never buffered.
+    Header(HeaderName),
+    /// Anywhere, the body included: read once the body is buffered.
+    Made(Arc<dyn MakeKey>),
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Made(_) => f.write_str("Made(..)"),
+        }
+    }
+}
+
 /// Everything the service needs besides the store; shared by every clone.
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) header_name: HeaderName,
+    /// Where keys come from.
+    pub(crate) key_source: KeySource,
+    /// Covers only requests this accepts, besides their method.
+    pub(crate) covered_when: Option<Arc<CoveredWhen>>,
     pub(crate) methods: Vec<Method>,
     pub(crate) key_required: bool,
     pub(crate) body_limit: usize,
@@ -103,7 +128,8 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            header_name: HeaderName::from_static("idempotency-key"),
+            key_source: KeySource::Header(HeaderName::from_static("idempotency-key")),
+            covered_when: None,
             methods: vec![Method::POST, Method::PATCH],
             key_required: false,
             body_limit: DEFAULT_BODY_LIMIT,
@@ -132,7 +158,8 @@ impl Default for Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("header_name", &self.header_name)
+            .field("key_source", &self.key_source)
+            .field("covered_when", &self.covered_when.is_some())
             .field("methods", &self.methods)
             .field("key_required", &self.key_required)
             .field("body_limit", &self.body_limit)

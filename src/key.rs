@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use http::{HeaderMap, HeaderName};
+use http::{request::Parts, HeaderMap, HeaderName};
 
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
@@ -54,6 +54,8 @@ pub enum InvalidKey {
     NotVisibleAscii,
     /// The key starts with a quote but is not a valid structured-field string.
     BadQuoting,
+    /// The field that holds the key is neither a string nor an integer.
+    NotText,
 }
 
 impl fmt::Display for InvalidKey {
@@ -72,6 +74,76 @@ impl InvalidKey {
             Self::TooLong => "the idempotency key must be at most 255 bytes",
             Self::NotVisibleAscii => "the idempotency key must be visible ASCII",
             Self::BadQuoting => "the idempotency key is not a valid structured-field string",
+            Self::NotText => "the idempotency key must be a string or an integer",
+        }
+    }
+}
+
+/// Finds a request's idempotency key somewhere other than the key header: another field of the
+/// head, or the buffered body (an event id in a webhook's JSON, say). Implemented for closures;
+/// see [`IdempotencyLayer::with_key`](crate::IdempotencyLayer::with_key).
+///
+/// ```
+/// use tower_idempotency::{IdempotencyKey, IdempotencyLayer, MemoryStore};
+///
+/// // GitHub names each webhook delivery in `X-GitHub-Delivery`.
+/// let layer = IdempotencyLayer::new(MemoryStore::new()).with_key(|parts: &http::request::Parts, _body: &[u8]| {
+///     parts.headers.get("x-github-delivery").map(|v| IdempotencyKey::parse(v.as_bytes())).transpose()
+/// });
+/// ```
+pub trait MakeKey: Send + Sync + 'static {
+    /// The key of one covered request, from its head and its buffered body; `Ok(None)` when it
+    /// has none. Every key must be what [`IdempotencyKey::parse`] accepts.
+    fn key(&self, parts: &Parts, body: &[u8]) -> Result<Option<IdempotencyKey>, InvalidKey>;
+}
+
+impl<F> MakeKey for F
+where
+    F: Fn(&Parts, &[u8]) -> Result<Option<IdempotencyKey>, InvalidKey> + Send + Sync + 'static,
+{
+    fn key(&self, parts: &Parts, body: &[u8]) -> Result<Option<IdempotencyKey>, InvalidKey> {
+        self(parts, body)
+    }
+}
+
+/// The key is a field of the JSON body, named by a JSON pointer (RFC 6901): a Stripe event's
+/// `/id`, say. A string or an integer; a body that is not JSON, or lacks the field, has no key.
+///
+/// ```
+/// use tower_idempotency::{IdempotencyLayer, JsonKey, MemoryStore};
+///
+/// let layer = IdempotencyLayer::new(MemoryStore::new()).with_key(JsonKey::pointer("/id"));
+/// ```
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+#[derive(Debug, Clone)]
+pub struct JsonKey {
+    pointer: String,
+}
+
+#[cfg(feature = "json")]
+impl JsonKey {
+    /// The field `pointer` names (`/id`, `/data/object/id`).
+    pub fn pointer(pointer: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+        }
+    }
+}
+
+#[cfg(feature = "json")]
+impl MakeKey for JsonKey {
+    fn key(&self, _parts: &Parts, body: &[u8]) -> Result<Option<IdempotencyKey>, InvalidKey> {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(None);
+        };
+        match json.pointer(&self.pointer) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(text)) => parse(text.as_bytes()).map(Some),
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                parse(n.to_string().as_bytes()).map(Some)
+            }
+            Some(_) => Err(InvalidKey::NotText),
         }
     }
 }

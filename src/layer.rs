@@ -7,9 +7,10 @@ use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use crate::{
-    config::Config,
+    config::{Config, KeySource},
     fingerprint::MakeFingerprint,
     in_progress::InProgressLimit,
+    key::MakeKey,
     key_format::KeyFormat,
     outcome::OnOutcome,
     policy::{ConflictPolicy, HeaderFilter},
@@ -85,9 +86,47 @@ impl<St> IdempotencyLayer<St> {
         self
     }
 
-    /// Reads the key from this header instead of `Idempotency-Key`.
+    /// Reads the key from this header instead of `Idempotency-Key` (Standard Webhooks'
+    /// `webhook-id`, GitHub's `x-github-delivery`, ...).
     pub fn with_header_name(self, name: HeaderName) -> Self {
-        self.set(|c| c.header_name = name)
+        self.set(|c| c.key_source = KeySource::Header(name))
+    }
+
+    /// Finds each request's key with `make` instead of a header: a field of the JSON body
+    /// ([`JsonKey`](crate::MakeKey), feature `json`), or any closure over the head and the body.
+    /// The body of a covered request is then read before its key is known; a request without
+    /// a key passes through (with its body as read), or gets 400 when keys are required.
+    ///
+    /// ```
+    /// use tower_idempotency::{IdempotencyKey, IdempotencyLayer, MemoryStore};
+    ///
+    /// // Stripe-style webhooks: each event once, by the `id` at the start of its JSON.
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .with_key_required(true)
+    ///     .with_key(|_parts: &http::request::Parts, body: &[u8]| {
+    ///         let text = std::str::from_utf8(body).unwrap_or_default();
+    ///         let id = text.split("\"id\":\"").nth(1).and_then(|rest| rest.split('"').next());
+    ///         id.map(|id| IdempotencyKey::parse(id.as_bytes())).transpose()
+    ///     });
+    /// ```
+    pub fn with_key(self, make: impl MakeKey) -> Self {
+        self.set(|c| c.key_source = KeySource::Made(Arc::new(make)))
+    }
+
+    /// Covers only the requests `rule` accepts, besides their method (default: every request
+    /// with a covered method). Others pass straight through.
+    ///
+    /// ```
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .with_covered_when(|parts: &http::request::Parts| parts.uri.path().starts_with("/payments"));
+    /// ```
+    pub fn with_covered_when<F>(self, rule: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.set(|c| c.covered_when = Some(Arc::new(rule)))
     }
 
     /// Covers these methods instead of POST and PATCH; others pass straight through.

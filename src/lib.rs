@@ -88,6 +88,7 @@
 //! - `memory` (default): [`MemoryStore`].
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 //! - `postgres`: `PostgresStore`, records in PostgreSQL through sqlx.
+//! - `json`: `JsonKey`, keys read from a field of the JSON body (webhook event ids).
 //! - `example-tonic`: only builds the `tonic_orders` example and its test; the library does not
 //!   use tonic.
 
@@ -135,7 +136,9 @@ pub use config::{
 };
 pub use fingerprint::{DefaultFingerprint, Fingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
-pub use key::{IdempotencyKey, InvalidKey, MAX_KEY_LEN};
+#[cfg(feature = "json")]
+pub use key::JsonKey;
+pub use key::{IdempotencyKey, InvalidKey, MakeKey, MAX_KEY_LEN};
 pub use key_format::KeyFormat;
 pub use layer::IdempotencyLayer;
 pub use outcome::{OnOutcome, Outcome};

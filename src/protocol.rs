@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::{
     body::{RequestBody, ResponseBody},
     collect,
-    config::{Config, Shared},
+    config::{Config, KeySource, Shared},
     credentials::Credentials,
     detach::Detachable,
     guard::ReleaseGuard,
@@ -44,7 +44,8 @@ enum Decision<B> {
 pub(crate) async fn run<S, St, ReqBody, ResBody>(
     mut inner: S,
     shared: Arc<Shared<St>>,
-    key: IdempotencyKey,
+    // `None`: the key is in the body, to be found once it is buffered.
+    key: Option<IdempotencyKey>,
     dialect: Dialect,
     req: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
@@ -62,6 +63,18 @@ where
     let (mut parts, body) = req.into_parts();
     let body = match collect::request_body(&parts.headers, body, config.body_limit).await {
         Ok(body) => body,
+        Err(problem) => return Ok(config.refuse(problem, dialect)),
+    };
+    let key = match key.map_or_else(|| made_key(config, &parts, &body), |key| Ok(Some(key))) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            // No key where the user's rule looks: as a request without the key header.
+            if config.key_required {
+                return Ok(config.refuse(Problem::KeyMissing, dialect));
+            }
+            let req = Request::from_parts(parts, RequestBody::full(body));
+            return Ok(inner.call(req).await?.map(ResponseBody::new));
+        }
         Err(problem) => return Ok(config.refuse(problem, dialect)),
     };
     let scope = config.scope.as_ref().and_then(|scope| scope.scope(&parts));
@@ -155,6 +168,26 @@ where
             };
             Ok(config.answer(problem, dialect))
         }
+    }
+}
+
+/// The key the user's [`MakeKey`](crate::MakeKey) finds in a buffered request, checked as a
+/// header's would be.
+fn made_key(
+    config: &Config,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, Problem> {
+    let KeySource::Made(make) = &config.key_source else {
+        return Ok(None);
+    };
+    match make.key(parts, body) {
+        Ok(Some(key)) => match config.key_format.check(&key) {
+            Ok(()) => Ok(Some(key)),
+            Err(expected) => Err(Problem::KeyFormat(expected)),
+        },
+        Ok(None) => Ok(None),
+        Err(error) => Err(Problem::KeyInvalid(error.detail())),
     }
 }
 

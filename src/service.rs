@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     body::{RequestBody, ResponseBody},
-    config::{Config, Shared},
+    config::{Config, KeySource, Shared},
     future::ResponseFuture,
     key,
     problems::{Dialect, Problem},
@@ -107,21 +107,29 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !self.shared.config.methods.contains(req.method()) {
+        let config = &self.shared.config;
+        if !covers(config, &req) {
             return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
         }
-        let config = &self.shared.config;
-        let key = match key::extract(req.headers(), &config.header_name) {
-            Ok(Some(key)) => key,
-            Ok(None) if !config.key_required => {
-                return ResponseFuture::pass_through(self.inner.call(req.map(RequestBody::new)));
-            }
-            Ok(None) => return refuse(config, &req, Problem::KeyMissing),
-            Err(error) => return refuse(config, &req, Problem::KeyInvalid(error.detail())),
+        // A key in a header is read now: a request without one is never buffered. Any other
+        // source needs the body, so the protocol reads the key once it has buffered it.
+        let key = match &config.key_source {
+            KeySource::Header(name) => match key::extract(req.headers(), name) {
+                Ok(Some(key)) => {
+                    if let Err(expected) = config.key_format.check(&key) {
+                        return refuse(config, &req, Problem::KeyFormat(expected));
+                    }
+                    Some(key)
+                }
+                Ok(None) if !config.key_required => {
+                    let req = req.map(RequestBody::new);
+                    return ResponseFuture::pass_through(self.inner.call(req));
+                }
+                Ok(None) => return refuse(config, &req, Problem::KeyMissing),
+                Err(error) => return refuse(config, &req, Problem::KeyInvalid(error.detail())),
+            },
+            KeySource::Made(_) => None,
         };
-        if let Err(expected) = config.key_format.check(&key) {
-            return refuse(config, &req, Problem::KeyFormat(expected));
-        }
         let dialect = Dialect::of(req.headers());
         // The instance polled ready is the one that must be called; keep a fresh clone behind.
         let clone = self.inner.clone();
@@ -131,6 +139,23 @@ where
         let future = protocol::run(inner, Arc::clone(&self.shared), key, dialect, req);
         ResponseFuture::guarded(Box::pin(future.instrument(span)))
     }
+}
+
+/// Whether the layer covers `req`: its method, and the user's rule if there is one.
+fn covers<T>(config: &Config, req: &Request<T>) -> bool {
+    if !config.methods.contains(req.method()) {
+        return false;
+    }
+    let Some(rule) = &config.covered_when else {
+        return true;
+    };
+    // The rule sees the head as `Parts`, which only a request taken apart gives out.
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
+    rule(&head)
 }
 
 /// Answers `req` with `problem` before the key is known.

@@ -319,6 +319,78 @@ async fn the_lease_comes_from_the_environment() {
     assert!((1..=4).contains(&retry_after), "Retry-After {retry_after}");
 }
 
+/// The webhook receivers act on each delivery once: by the `webhook-id` header, and by the
+/// event id in the JSON body; redeliveries (another timestamp, the same body) are replays.
+#[cfg(feature = "json")]
+#[tokio::test]
+async fn webhooks_handle_each_delivery_once() {
+    let example = start("webhooks", None, &[]).await;
+    let addr = example.addr.as_str();
+    let event = r#"{"type": "invoice.paid", "data": {"amount": 1200}}"#;
+    let delivery = |timestamp: &'static str| {
+        [
+            ("webhook-id", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+            ("webhook-timestamp", timestamp),
+        ]
+    };
+    let first = request_with(
+        addr,
+        "POST",
+        "/webhooks/standard",
+        &delivery("1700000000"),
+        event,
+    )
+    .await;
+    let again = request_with(
+        addr,
+        "POST",
+        "/webhooks/standard",
+        &delivery("1700000060"),
+        event,
+    )
+    .await;
+    assert_eq!((first.status, again.status), (200, 200));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+
+    let charge = r#"{"id": "evt_1NG8Du2eZvKYlo2CUI79vXWy", "type": "charge.succeeded"}"#;
+    let refund = r#"{"id": "evt_1NG8Du2eZvKYlo2CRefund00", "type": "charge.refunded"}"#;
+    let first = request(addr, "POST", "/webhooks/stripe", None, charge).await;
+    let again = request(addr, "POST", "/webhooks/stripe", None, charge).await;
+    assert_eq!((first.status, again.status), (200, 200));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let other = request(addr, "POST", "/webhooks/stripe", None, refund).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("idempotent-replayed"), None);
+    let no_id = request(
+        addr,
+        "POST",
+        "/webhooks/stripe",
+        None,
+        r#"{"type": "ping"}"#,
+    )
+    .await;
+    assert_eq!(no_id.status, 400, "{}", no_id.body);
+    assert!(no_id.body.contains("key-missing"), "{}", no_id.body);
+
+    let handled = request(addr, "GET", "/webhooks/handled", None, "").await;
+    let handled: serde_json::Value = serde_json::from_str(&handled.body).unwrap();
+    let ids: Vec<&str> = handled
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+            "evt_1NG8Du2eZvKYlo2CUI79vXWy",
+            "evt_1NG8Du2eZvKYlo2CRefund00"
+        ]
+    );
+}
+
 /// Two instances sharing one PostgreSQL (one of them with Redis in front): concurrent duplicates
 /// spread across both create each order exactly once.
 #[cfg(feature = "postgres")]
