@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{ask_tcp, find_binary, unique_prefix, wait_until, HOW_TO_GET_REDIS};
+use crate::server::{ask_tcp, find_binary, unique_prefix, wait_until, HOW_TO_GET_REDIS};
 
 /// How long a node may be silent before the cluster fails it over.
 const NODE_TIMEOUT_MS: &str = "2000";
