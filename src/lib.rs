@@ -89,6 +89,7 @@
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 //! - `postgres`: `PostgresStore`, records in PostgreSQL through sqlx.
 //! - `json`: `JsonKey`, keys read from a field of the JSON body (webhook event ids).
+//! - `conformance`: the [`conformance`] suite, for stores written elsewhere.
 //! - `example-tonic`: only builds the `tonic_orders` example and its test; the library does not
 //!   use tonic.
 
@@ -103,6 +104,9 @@
 mod body;
 mod collect;
 mod config;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 mod credentials;
 mod detach;
 mod digest;

@@ -1,22 +1,27 @@
 //! The conformance suite: every behaviour the layer promises, against any store.
 //!
-//! Each function takes a fresh store; `conformance.rs` runs them all once per store.
+//! Each function takes a fresh store; [`conformance_tests!`](crate::conformance_tests) runs
+//! them all, once per store.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::StatusCode;
-use tokio::task::JoinSet;
-use tower_idempotency::{
+use crate::{
     BeginOutcome, CompletedRecord, ConflictPolicy, Fingerprint, IdempotencyLayer, IdempotencyStore,
     LeaseToken, RecordedResponse, StoreKey,
 };
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::task::JoinSet;
 
 use super::{
-    counting_store::CountingStore, eventually, frame_text, post, post_raw_key, post_streaming,
-    send, send_streamed, send_until_not, try_send, with_header, Answer, Handler, User, DEADLINE,
+    counting_store::CountingStore,
+    harness::{
+        eventually, frame_text, post, post_raw_key, post_streaming, send, send_streamed,
+        send_until_not, try_send, with_header, Answer, Handler, User, DEADLINE,
+    },
 };
 
+/// First response and replay are identical.
 pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -45,6 +50,7 @@ pub async fn first_response_and_replay_are_identical<St: IdempotencyStore>(store
     }
 }
 
+/// Quoted and bare keys are the same key.
 pub async fn quoted_and_bare_keys_are_the_same_key<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -55,6 +61,7 @@ pub async fn quoted_and_bare_keys_are_the_same_key<St: IdempotencyStore>(store: 
     assert_eq!(handler.executions(), 1);
 }
 
+/// A different payload is 422.
 pub async fn a_different_payload_is_422<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -170,6 +177,7 @@ pub async fn concurrent_duplicates_run_once_under_wait<St: IdempotencyStore + Cl
     assert!(answers.iter().all(|a| a.body == answers[0].body));
 }
 
+/// Wait gives up with 409 after its timeout.
 pub async fn wait_gives_up_with_409_after_its_timeout<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let layer = IdempotencyLayer::new(store).with_conflict_policy(ConflictPolicy::wait(
@@ -288,6 +296,7 @@ pub async fn an_expired_lease_lets_a_later_request_in_and_fences_the_old_holder<
     }
 }
 
+/// Server errors and handler failures are not recorded.
 pub async fn server_errors_and_handler_failures_are_not_recorded<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -316,6 +325,7 @@ pub async fn server_errors_and_handler_failures_are_not_recorded<St: Idempotency
     assert_eq!(handler.executions(), 4);
 }
 
+/// A body over the limit is 413 and never runs.
 pub async fn a_body_over_the_limit_is_413_and_never_runs<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store).with_body_limit(1024));
@@ -335,6 +345,7 @@ pub async fn a_body_over_the_limit_is_413_and_never_runs<St: IdempotencyStore>(s
     assert_eq!(handler.executions(), 1);
 }
 
+/// Bad or missing keys are 400.
 pub async fn bad_or_missing_keys_are_400<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store).with_key_required(true));
@@ -362,6 +373,7 @@ pub async fn bad_or_missing_keys_are_400<St: IdempotencyStore>(store: St) {
     assert_eq!(handler.executions(), 1);
 }
 
+/// Optional keys and uncovered methods pass through.
 pub async fn optional_keys_and_uncovered_methods_pass_through<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -380,6 +392,7 @@ pub async fn optional_keys_and_uncovered_methods_pass_through<St: IdempotencySto
     assert_eq!(handler.executions(), 4);
 }
 
+/// Scopes never share records.
 pub async fn scopes_never_share_records<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let layer = IdempotencyLayer::new(store).with_scope(|parts: &http::request::Parts| {
@@ -408,6 +421,7 @@ pub async fn scopes_never_share_records<St: IdempotencyStore>(store: St) {
     assert_eq!(handler.executions(), 3);
 }
 
+/// A response too large to record leaves a tombstone.
 pub async fn a_response_too_large_to_record_leaves_a_tombstone<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store).with_record_limit(1000));
@@ -428,6 +442,7 @@ pub async fn a_response_too_large_to_record_leaves_a_tombstone<St: IdempotencySt
     assert_eq!(handler.executions(), 1);
 }
 
+/// Trailers are recorded and replayed.
 pub async fn trailers_are_recorded_and_replayed<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store));
@@ -751,8 +766,8 @@ pub async fn in_progress_keys_are_capped_per_scope<St: IdempotencyStore>(store: 
 /// Sends `request()` again while the answer is 409 `in-progress` (the first request's record is
 /// still being written), failing after [`DEADLINE`].
 async fn send_until_settled(
-    svc: &super::TestService,
-    request: impl Fn() -> http::Request<super::TestBody>,
+    svc: &super::harness::TestService,
+    request: impl Fn() -> http::Request<super::harness::TestBody>,
 ) -> Answer {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {

@@ -9,11 +9,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::Semaphore;
-use tower_idempotency::{
+use crate::{
     BeginOutcome, CompletedRecord, Fingerprint, IdempotencyStore, LeaseToken, StoreError, StoreKey,
 };
+use tokio::sync::Semaphore;
 
+/// `St`, counting its calls; see the module docs.
 #[derive(Debug, Clone)]
 pub struct CountingStore<St> {
     inner: St,
@@ -26,6 +27,7 @@ pub struct CountingStore<St> {
 }
 
 impl<St> CountingStore<St> {
+    /// Counts `inner`'s calls.
     pub fn new(inner: St) -> Self {
         Self {
             inner,
@@ -37,10 +39,12 @@ impl<St> CountingStore<St> {
         }
     }
 
+    /// How many `begin` calls it passed on.
     pub fn begins(&self) -> usize {
         self.begins.load(Ordering::SeqCst)
     }
 
+    /// How many `renew` calls it passed on.
     pub fn renewals(&self) -> usize {
         self.renewals.load(Ordering::SeqCst)
     }
