@@ -42,9 +42,10 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use orders::{problem, OrderBook, Settings};
+use tower_idempotency::{FencingToken, IdempotencyKey};
 
 #[derive(Clone)]
 struct App {
@@ -85,10 +86,23 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn create_order(State(app): State<App>, body: Bytes) -> Response {
+/// Creates an order. The layer put the request's `IdempotencyKey` and `FencingToken` in its
+/// extensions (absent only when the store failed and the layer lets requests through).
+async fn create_order(
+    State(app): State<App>,
+    key: Option<Extension<IdempotencyKey>>,
+    fence: Option<Extension<FencingToken>>,
+    body: Bytes,
+) -> Response {
+    if let Some(Extension(key)) = &key {
+        tracing::debug!(key_len = key.as_str().len(), "creating an order");
+    }
     // Stands for real work: a payment, a database write.
     tokio::time::sleep(app.delay).await;
-    match app.book.create(&body) {
+    match app
+        .book
+        .create(&body, fence.map(|Extension(fence)| fence.get()))
+    {
         Ok(order) => (
             StatusCode::CREATED,
             [(header::LOCATION, format!("/orders/{}", order.id))],

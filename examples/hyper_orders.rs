@@ -29,7 +29,7 @@ use hyper_util::{
 };
 use orders::{problem, OrderBook, Settings};
 use tower::ServiceBuilder;
-use tower_idempotency::{IdempotencyLayer, IdempotencyStore, RequestBody};
+use tower_idempotency::{FencingToken, IdempotencyLayer, IdempotencyStore, RequestBody};
 
 #[tokio::main]
 async fn main() {
@@ -81,6 +81,10 @@ async fn route(
     let path = req.uri().path().to_owned();
     let response = match (req.method(), path.as_str()) {
         (&Method::POST, "/orders") => {
+            let fence = req
+                .extensions()
+                .get::<FencingToken>()
+                .map(FencingToken::get);
             let body = match req.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(e) => {
@@ -93,7 +97,7 @@ async fn route(
             };
             // Stands for real work: a payment, a database write.
             tokio::time::sleep(delay).await;
-            match book.create(&body) {
+            match book.create(&body, fence) {
                 Ok(order) => Response::builder()
                     .status(StatusCode::CREATED)
                     .header(header::LOCATION, format!("/orders/{}", order.id))

@@ -115,6 +115,8 @@ async fn orders_api_runs_each_order_once(example: &Example) {
     let id = order["id"].as_str().unwrap().to_owned();
     assert_eq!(order["customer_id"], "C001");
     assert_eq!(order["amount"], 1200);
+    // The handler read the request's fencing token from its extensions.
+    assert!(order["fence"].as_u64().is_some_and(|f| f > 0), "{order}");
     assert_eq!(
         created.header("location"),
         Some(format!("/orders/{id}").as_str())

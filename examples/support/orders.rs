@@ -122,6 +122,10 @@ pub(crate) struct Order {
     pub(crate) id: String,
     pub(crate) customer_id: String,
     pub(crate) amount: u64,
+    /// The fencing token of the request that wrote it: a real database keeps the highest per
+    /// key and refuses a write with an older one (a holder that lost its lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fence: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +144,7 @@ pub(crate) struct OrderBook {
 
 impl OrderBook {
     /// Creates an order from a JSON body `{"customer_id": "C001", "amount": 1200}`.
-    pub(crate) fn create(&self, body: &[u8]) -> Result<Order, String> {
+    pub(crate) fn create(&self, body: &[u8], fence: Option<u64>) -> Result<Order, String> {
         let new: NewOrder =
             serde_json::from_slice(body).map_err(|e| format!("invalid order: {e}"))?;
         if new.customer_id.is_empty() {
@@ -153,6 +157,7 @@ impl OrderBook {
             id,
             customer_id: new.customer_id,
             amount: new.amount,
+            fence,
         };
         self.lock().push(order.clone());
         Ok(order)
