@@ -22,7 +22,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let too_large = Problem::BodyTooLarge { limit };
+    let too_large = Problem::BodyTooLarge { limit: Some(limit) };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -36,9 +36,10 @@ where
     let mut chunks = Chunks::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
-            // A body limit further out (tower-http's `RequestBodyLimitLayer`) is still a 413.
+            // A body limit further out (tower-http's `RequestBodyLimitLayer`) is still a 413,
+            // but not ours to state.
             if error.into().is::<LengthLimitError>() {
-                Problem::BodyTooLarge { limit }
+                Problem::BodyTooLarge { limit: None }
             } else {
                 Problem::BodyUnreadable
             }
@@ -107,9 +108,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
         let declared = request_body(&headers, stream(&["a"]), 5).await;
-        assert_eq!(declared, Err(Problem::BodyTooLarge { limit: 5 }));
+        assert_eq!(declared, Err(Problem::BodyTooLarge { limit: Some(5) }));
         let streamed = request_body(&HeaderMap::new(), stream(&["abc", "def"]), 5).await;
-        assert_eq!(streamed, Err(Problem::BodyTooLarge { limit: 5 }));
+        assert_eq!(streamed, Err(Problem::BodyTooLarge { limit: Some(5) }));
         let exact = request_body(
             &HeaderMap::new(),
             Full::new(Bytes::from_static(b"12345")),
@@ -123,7 +124,11 @@ mod tests {
     async fn a_limit_further_out_is_413_and_other_body_errors_400() {
         let limited = http_body_util::Limited::new(Full::new(Bytes::from_static(b"123456")), 2);
         let outer = request_body(&HeaderMap::new(), limited, 100).await;
-        assert_eq!(outer, Err(Problem::BodyTooLarge { limit: 100 }));
+        assert_eq!(
+            outer,
+            Err(Problem::BodyTooLarge { limit: None }),
+            "not our limit to state"
+        );
         let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
             vec![Err(std::io::Error::other("connection reset"))];
         let broken = StreamBody::new(futures_util::stream::iter(frames));

@@ -149,14 +149,28 @@ pub(crate) enum Problem {
     KeyMissing,
     KeyInvalid(&'static str),
     KeyFormat(KeyFormat),
-    BodyTooLarge { limit: usize },
+    /// `limit`: this layer's, when it was this layer's that the body went over; `None` when a
+    /// limit further out was hit (tower-http's), which this layer does not know.
+    BodyTooLarge {
+        limit: Option<usize>,
+    },
     BodyUnreadable,
     KeyReused,
-    InProgress { retry_after_secs: u64 },
-    TooManyInProgress { retry_after_secs: u64 },
-    ResponseNotRecorded { original: StatusCode },
-    ResponseBroken { original: StatusCode },
-    StoreUnavailable { retry_after_secs: u64 },
+    InProgress {
+        retry_after_secs: u64,
+    },
+    TooManyInProgress {
+        retry_after_secs: u64,
+    },
+    ResponseNotRecorded {
+        original: StatusCode,
+    },
+    ResponseBroken {
+        original: StatusCode,
+    },
+    StoreUnavailable {
+        retry_after_secs: u64,
+    },
     RecordCorrupt,
     ResponseFailed,
 }
@@ -231,8 +245,11 @@ impl Problem {
             Self::KeyMissing => "this request requires an Idempotency-Key header".to_owned(),
             Self::KeyInvalid(why) => (*why).to_owned(),
             Self::KeyFormat(expected) => format!("the idempotency key must be {expected}"),
-            Self::BodyTooLarge { limit } => {
-                format!("the request body is over the size limit (this layer's is {limit} bytes)")
+            Self::BodyTooLarge { limit: Some(limit) } => {
+                format!("the request body is over the size limit of {limit} bytes")
+            }
+            Self::BodyTooLarge { limit: None } => {
+                "the request body is over the size limit".to_owned()
             }
             Self::BodyUnreadable => "the request body could not be read".to_owned(),
             Self::KeyReused => {
