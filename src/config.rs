@@ -16,6 +16,7 @@ use crate::{
     policy::{ConflictPolicy, HeaderFilter},
     problems::{Dialect, MakeProblemResponse, Problem},
     record_when::RecordRule,
+    retry_after::{Durations, RetryAfter, TypicalDuration},
     scope::MakeScope,
 };
 
@@ -85,6 +86,9 @@ pub(crate) struct Config {
     pub(crate) fail_open: bool,
     pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
     pub(crate) problem_response: Option<Arc<dyn MakeProblemResponse>>,
+    pub(crate) retry_after: Arc<dyn RetryAfter>,
+    /// How long first executions take here, for the default `Retry-After`.
+    pub(crate) durations: Arc<Durations>,
 }
 
 impl Config {
@@ -151,6 +155,8 @@ impl Default for Config {
             fail_open: false,
             on_outcome: None,
             problem_response: None,
+            retry_after: Arc::new(TypicalDuration),
+            durations: Arc::default(),
         }
     }
 }
@@ -178,6 +184,7 @@ impl fmt::Debug for Config {
             .field("fail_open", &self.fail_open)
             .field("on_outcome", &self.on_outcome.is_some())
             .field("problem_response", &self.problem_response.is_some())
+            .field("typical_duration", &self.durations.typical())
             .finish_non_exhaustive()
     }
 }

@@ -17,6 +17,9 @@ pub(crate) struct ReleaseGuard<St: IdempotencyStore> {
     shared: Arc<Shared<St>>,
     pub(crate) key: StoreKey,
     pub(crate) token: LeaseToken,
+    /// When the request began to claim the key: how long a first execution took is counted
+    /// from here.
+    pub(crate) since: tokio::time::Instant,
     armed: bool,
 }
 
@@ -26,6 +29,7 @@ impl<St: IdempotencyStore> ReleaseGuard<St> {
             shared,
             key,
             token,
+            since: tokio::time::Instant::now(),
             armed: true,
         }
     }

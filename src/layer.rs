@@ -16,6 +16,7 @@ use crate::{
     policy::{ConflictPolicy, HeaderFilter},
     problems::MakeProblemResponse,
     record_when::{self, RecordWhen},
+    retry_after::RetryAfter,
     scope::{MakeScope, ScopeFromExtension},
     service::IdempotencyService,
 };
@@ -178,6 +179,25 @@ impl<St> IdempotencyLayer<St> {
     /// What a duplicate gets while the first request runs (default [`ConflictPolicy::Reject`]).
     pub fn with_conflict_policy(self, policy: ConflictPolicy) -> Self {
         self.set(|c| c.conflict = policy)
+    }
+
+    /// Chooses the `Retry-After` of a 409 (a duplicate while the first request runs, or a
+    /// `Wait` that timed out) and gRPC's `grpc-retry-pushback-ms`: a fixed [`Duration`], or a
+    /// function of the [`ConflictHint`](crate::ConflictHint). The default,
+    /// [`TypicalDuration`](crate::TypicalDuration), is how long first executions here have been
+    /// taking, at least 1 s and at most the rest of the lease.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_idempotency::{ConflictHint, IdempotencyLayer, MemoryStore};
+    ///
+    /// let fixed = IdempotencyLayer::new(MemoryStore::new()).with_retry_after(Duration::from_secs(2));
+    /// let twice_typical = IdempotencyLayer::new(MemoryStore::new()).with_retry_after(|hint: &ConflictHint| {
+    ///     hint.typical.map_or(Duration::from_secs(1), |typical| typical * 2)
+    /// });
+    /// ```
+    pub fn with_retry_after(self, rule: impl RetryAfter) -> Self {
+        self.set(|c| c.retry_after = Arc::new(rule))
     }
 
     /// Caps the requests waiting under [`ConflictPolicy::Wait`] (default 1024); past it,

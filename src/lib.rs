@@ -89,7 +89,8 @@
 //! - `redis-cluster`: `RedisStore::connect_cluster`, for Redis Cluster and Valkey cluster.
 //! - `postgres`: `PostgresStore`, records in PostgreSQL through sqlx.
 //! - `json`: `JsonKey`, keys read from a field of the JSON body (webhook event ids).
-//! - `conformance`: the [`conformance`] suite, for stores written elsewhere.
+//! - `conformance`: the `conformance` module and `conformance_tests!`: the conformance suite,
+//!   for stores written elsewhere.
 //! - `example-tonic`: only builds the `tonic_orders` example and its test; the library does not
 //!   use tonic.
 
@@ -128,6 +129,7 @@ mod protocol;
 mod record;
 mod record_when;
 mod response;
+mod retry_after;
 mod scope;
 mod service;
 mod store;
@@ -149,6 +151,7 @@ pub use outcome::{OnOutcome, Outcome};
 pub use policy::{ConflictPolicy, HeaderFilter};
 pub use record_when::{recorded_by_default, RecordWhen};
 pub use response::{CompletedRecord, DecodeError, RecordedResponse};
+pub use retry_after::{ConflictHint, RetryAfter, TypicalDuration};
 pub use scope::MakeScope;
 pub use service::IdempotencyService;
 pub use store::{

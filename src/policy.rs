@@ -9,7 +9,8 @@ use http::{header, HeaderMap, HeaderName};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConflictPolicy {
-    /// Answer `409 Conflict` at once, with `Retry-After` set to the rest of the running lease.
+    /// Answer `409 Conflict` at once, with a `Retry-After` of how long first executions here
+    /// typically take (see `IdempotencyLayer::with_retry_after`).
     Reject,
     /// Poll the store, starting at `poll` and backing off, until the first request completes
     /// (then replay it) or `timeout` passes (then answer 409).

@@ -24,6 +24,7 @@ use crate::{
     problems::{Dialect, Problem},
     record,
     response::CompletedRecord,
+    retry_after::ConflictHint,
     store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey},
     Fingerprint,
 };
@@ -207,7 +208,7 @@ async fn decide<St: IdempotencyStore, B>(
             store.begin(key, fingerprint, token, config.lease_ttl),
         )
         .await?;
-        let retry_after = match outcome {
+        let lease_left = match outcome {
             BeginOutcome::Acquired { fencing_token } => return Ok(Decision::Run(fencing_token)),
             BeginOutcome::Completed { record, .. } => {
                 tracing::debug!("idempotency: replayed");
@@ -226,8 +227,12 @@ async fn decide<St: IdempotencyStore, B>(
         let conflict = || {
             tracing::debug!("idempotency: conflict with a request in progress");
             config.observe(Outcome::Conflict);
+            let hint = ConflictHint {
+                typical: config.durations.typical(),
+                lease_left: Some(lease_left),
+            };
             let problem = Problem::InProgress {
-                retry_after_secs: ceil_secs(retry_after),
+                retry_after_secs: ceil_secs(config.retry_after.retry_after(&hint)),
             };
             Ok(Decision::Respond(config.answer(problem, dialect)))
         };

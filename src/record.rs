@@ -297,6 +297,7 @@ async fn settle<St: IdempotencyStore>(
 ) {
     let config: &Config = &shared.config;
     let (key, token) = (guard.key, guard.token);
+    config.durations.add(guard.since.elapsed());
     let record = match settlement {
         Settlement::Release { status } => {
             tracing::debug!(
