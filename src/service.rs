@@ -25,7 +25,8 @@ use crate::{
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// Runs each covered request at most once per idempotency key; see [`IdempotencyLayer`].
+/// Runs each covered request at most once per idempotency key; see
+/// [`IdempotencyLayer`](crate::IdempotencyLayer).
 ///
 /// The inner service receives a [`RequestBody`] (the buffered body of a covered request) and
 /// answers as usual; its errors pass through unchanged, and everything the layer detects itself
