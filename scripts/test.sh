@@ -33,7 +33,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --all-features -- -D warnings
 
 echo "==> each feature on its own (clippy and docs)"
-for features in "" "memory" "redis" "redis-cluster" "postgres" "json" "conformance"; do
+for features in "" "memory" "redis" "redis-cluster" "postgres" "json" "conformance" "client" "reqwest"; do
   cargo clippy -q --lib --no-default-features --features "$features" -- -D warnings
   RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --no-default-features --features "$features"
 done

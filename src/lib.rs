@@ -91,6 +91,9 @@
 //! - `json`: `JsonKey`, keys read from a field of the JSON body (webhook event ids).
 //! - `conformance`: the `conformance` module and `conformance_tests!`: the conformance suite,
 //!   for stores written elsewhere.
+//! - `client`: the `client` module, a retry layer for tower HTTP clients that mints keys and
+//!   retries with them.
+//! - `reqwest`: `client::IdempotentRetryMiddleware`, the same for reqwest (reqwest-middleware).
 //! - `example-tonic`: only builds the `tonic_orders` example and its test; the library does not
 //!   use tonic.
 
@@ -103,6 +106,9 @@
 )]
 
 mod body;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 mod collect;
 mod config;
 #[cfg(feature = "conformance")]
