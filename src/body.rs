@@ -44,7 +44,9 @@ pin_project! {
         Full { frames: Frames, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
         Prefixed { pending: Frames, rest: Pin<Box<B>> },
-        Tee { tee: Tee<B> },
+        // Boxed: a tee is large, and every response body (replays, buffered answers) would
+        // carry its room through every future that holds one.
+        Tee { tee: Box<Tee<B>> },
     }
 }
 
@@ -104,7 +106,7 @@ impl<B> ResponseBody<B> {
     /// A body recorded while it streams.
     pub(crate) fn tee(tee: Tee<B>) -> Self {
         Self {
-            kind: Kind::Tee { tee },
+            kind: Kind::Tee { tee: Box::new(tee) },
         }
     }
 }

@@ -35,7 +35,8 @@ impl Credentials {
     ) -> Option<Self> {
         let mut hasher: Option<Sha256> = None;
         for name in names {
-            for value in headers.get_all(name) {
+            // An empty value carries no credential: the same as none.
+            for value in headers.get_all(name).iter().filter(|v| !v.is_empty()) {
                 let hasher = hasher.get_or_insert_with(Sha256::new);
                 update_prefixed(hasher, name.as_str().as_bytes());
                 update_prefixed(hasher, value.as_bytes());
@@ -53,7 +54,7 @@ impl Credentials {
                     let at = pair.iter().position(|&b| b == b'=')?;
                     (&pair[..at] == wanted.as_bytes()).then(|| &pair[at + 1..])
                 })
-                .next();
+                .find(|value| !value.is_empty());
             if let Some(value) = value {
                 let hasher = hasher.get_or_insert_with(Sha256::new);
                 update_prefixed(hasher, b"cookie");

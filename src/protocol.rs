@@ -74,7 +74,8 @@ where
                 return Ok(config.refuse(Problem::KeyMissing, dialect));
             }
             let req = Request::from_parts(parts, RequestBody::full(body));
-            return Ok(inner.call(req).await?.map(ResponseBody::new));
+            // Boxed: rare, and every covered request's future would keep the handler's room.
+            return Ok(Box::pin(inner.call(req)).await?.map(ResponseBody::new));
         }
         Err(problem) => return Ok(config.refuse(problem, dialect)),
     };

@@ -13,6 +13,6 @@ function request()
     ["Content-Type"] = "application/json",
     ["Idempotency-Key"] = prefix .. "-" .. counter,
   }
-  if cookie then headers["Cookie"] = cookie end
+  if cookie and cookie ~= "" then headers["Cookie"] = cookie end
   return wrk.format("POST", "/orders", headers, '{"customer_id":"C001","amount":1200}')
 end

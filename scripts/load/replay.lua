@@ -5,7 +5,7 @@ local headers = {
   ["Content-Type"] = "application/json",
   ["Idempotency-Key"] = "replayed-key",
 }
-if cookie then headers["Cookie"] = cookie end
+if cookie and cookie ~= "" then headers["Cookie"] = cookie end
 local req = wrk.format("POST", "/orders", headers, '{"customer_id":"C001","amount":1200}')
 
 function request()
