@@ -69,84 +69,78 @@ where
     let config: &Config = &shared.config;
     let (parts, body) = response.into_parts();
     let verdict = config.record_when.at_head(&parts);
-    if verdict == Verdict::Release {
-        let settlement = Settlement::Release {
-            status: parts.status,
-        };
-        settle(&shared, guard, &fingerprint, settlement, permit).await;
-        return Response::from_parts(parts, ResponseBody::new(body));
-    }
-    let mut body = Box::pin(body);
-    let mut recording = Recording::new(config.record_limit);
-    let limit = u64::try_from(config.record_limit).unwrap_or(u64::MAX);
-    let read = if verdict == Verdict::Record && body.size_hint().lower() > limit {
-        Read::Overflowed
-    } else {
-        read_ready(&mut body, &mut recording).await
-    };
     let status = parts.status;
-    match read {
-        Read::Finished => {
-            // The client gets the trailers as they were; the record, those the filter keeps.
-            let trailers = recording.trailers().cloned();
-            let body = if wants_record(config, verdict, &parts, &recording) {
-                let recorded = response_record(config, &parts, recording);
-                let body = ResponseBody::frames(recorded.replay_frames(), trailers);
-                let settlement = Settlement::Record(CompletedRecord::Response(recorded));
-                settle(&shared, guard, &fingerprint, settlement, permit).await;
-                body
-            } else {
-                let body = ResponseBody::frames(Frames::queue(recording.frames()), trailers);
-                settle(
-                    &shared,
+    // Every path but the stream's settles the key here, with one call awaited in one place, so
+    // that this future keeps room for one store call, not one per path.
+    let (settlement, response) = if verdict == Verdict::Release {
+        let response = Response::from_parts(parts, ResponseBody::new(body));
+        (Settlement::Release { status }, response)
+    } else {
+        let mut body = Box::pin(body);
+        let mut recording = Recording::new(config.record_limit);
+        let limit = u64::try_from(config.record_limit).unwrap_or(u64::MAX);
+        let read = if verdict == Verdict::Record && body.size_hint().lower() > limit {
+            Read::Overflowed
+        } else {
+            read_ready(&mut body, &mut recording).await
+        };
+        match read {
+            Read::Finished => {
+                // The client gets the trailers as they were; the record, those the filter keeps.
+                let trailers = recording.trailers().cloned();
+                if wants_record(config, verdict, &parts, &recording) {
+                    let recorded = response_record(config, &parts, recording);
+                    let body = ResponseBody::frames(recorded.replay_frames(), trailers);
+                    let settlement = Settlement::Record(CompletedRecord::Response(recorded));
+                    (settlement, Response::from_parts(parts, body))
+                } else {
+                    let body = ResponseBody::frames(Frames::queue(recording.frames()), trailers);
+                    (
+                        Settlement::Release { status },
+                        Response::from_parts(parts, body),
+                    )
+                }
+            }
+            Read::Broke(error) => {
+                tracing::warn!(%error, "idempotency: response body failed before it was sent");
+                let settlement = Settlement::Record(CompletedRecord::Broken { status });
+                (settlement, config.answer(Problem::ResponseFailed, dialect))
+            }
+            Read::Overflowed if verdict == Verdict::Record => {
+                let settlement = Settlement::Record(CompletedRecord::Tombstone { status });
+                let body = ResponseBody::prefixed(recording.frames(), body);
+                (settlement, Response::from_parts(parts, body))
+            }
+            Read::Overflowed | Read::Pending => {
+                let (end_tx, end_rx) = oneshot::channel();
+                let (settled_tx, settled_rx) = oneshot::channel();
+                let keeper = keep(
+                    Arc::clone(&shared),
                     guard,
-                    &fingerprint,
-                    Settlement::Release { status },
+                    fingerprint,
+                    copy_head(&parts),
+                    verdict,
+                    end_rx,
+                    settled_tx,
                     permit,
-                )
-                .await;
-                body
-            };
-            Response::from_parts(parts, body)
+                );
+                tokio::spawn(keeper.in_current_span());
+                let keeper = Keeper {
+                    end: end_tx,
+                    settled: settled_rx,
+                };
+                let settings = TeeSettings {
+                    decided_at_end: verdict == Verdict::AtEnd,
+                    declared_len: content_length(&parts.headers),
+                    drain_limit: config.drain_limit,
+                };
+                let tee = Tee::new(body, recording, settings, keeper, tee::detach::<B>);
+                return Response::from_parts(parts, ResponseBody::tee(tee));
+            }
         }
-        Read::Broke(error) => {
-            tracing::warn!(%error, "idempotency: response body failed before it was sent");
-            let settlement = Settlement::Record(CompletedRecord::Broken { status });
-            settle(&shared, guard, &fingerprint, settlement, permit).await;
-            config.answer(Problem::ResponseFailed, dialect)
-        }
-        Read::Overflowed if verdict == Verdict::Record => {
-            let settlement = Settlement::Record(CompletedRecord::Tombstone { status });
-            settle(&shared, guard, &fingerprint, settlement, permit).await;
-            Response::from_parts(parts, ResponseBody::prefixed(recording.frames(), body))
-        }
-        Read::Overflowed | Read::Pending => {
-            let (end_tx, end_rx) = oneshot::channel();
-            let (settled_tx, settled_rx) = oneshot::channel();
-            let keeper = keep(
-                Arc::clone(&shared),
-                guard,
-                fingerprint,
-                copy_head(&parts),
-                verdict,
-                end_rx,
-                settled_tx,
-                permit,
-            );
-            tokio::spawn(keeper.in_current_span());
-            let keeper = Keeper {
-                end: end_tx,
-                settled: settled_rx,
-            };
-            let settings = TeeSettings {
-                decided_at_end: verdict == Verdict::AtEnd,
-                declared_len: content_length(&parts.headers),
-                drain_limit: config.drain_limit,
-            };
-            let tee = Tee::new(body, recording, settings, keeper, tee::detach::<B>);
-            Response::from_parts(parts, ResponseBody::tee(tee))
-        }
-    }
+    };
+    settle(&shared, guard, &fingerprint, settlement, permit).await;
+    response
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
