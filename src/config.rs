@@ -35,6 +35,9 @@ pub const DEFAULT_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// The default cap on requests waiting under [`ConflictPolicy::Wait`].
 pub const DEFAULT_MAX_WAITERS: usize = 1024;
 
+/// A store's [`WatchKeys`](crate::WatchKeys), with the store's type erased.
+pub(crate) type Watcher = dyn Fn(&crate::StoreKey) -> crate::KeyWatch + Send + Sync;
+
 /// A coverage rule over the request head.
 pub(crate) type CoveredWhen = dyn Fn(&http::request::Parts) -> bool + Send + Sync;
 
@@ -87,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) on_outcome: Option<Arc<dyn OnOutcome>>,
     pub(crate) problem_response: Option<Arc<dyn MakeProblemResponse>>,
     pub(crate) retry_after: Arc<dyn RetryAfter>,
+    /// Subscribes a waiter to its key's changes, when the store can tell them.
+    pub(crate) watcher: Option<Arc<Watcher>>,
     /// How long first executions take here, for the default `Retry-After`.
     pub(crate) durations: Arc<Durations>,
 }
@@ -156,6 +161,7 @@ impl Default for Config {
             on_outcome: None,
             problem_response: None,
             retry_after: Arc::new(TypicalDuration),
+            watcher: None,
             durations: Arc::default(),
         }
     }
@@ -185,6 +191,7 @@ impl fmt::Debug for Config {
             .field("on_outcome", &self.on_outcome.is_some())
             .field("problem_response", &self.problem_response.is_some())
             .field("typical_duration", &self.durations.typical())
+            .field("watches", &self.watcher.is_some())
             .finish_non_exhaustive()
     }
 }

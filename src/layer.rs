@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 use crate::{
-    config::{Config, KeySource},
+    config::{Config, KeySource, Watcher},
     fingerprint::MakeFingerprint,
     in_progress::InProgressLimit,
     key::MakeKey,
@@ -19,6 +19,7 @@ use crate::{
     retry_after::RetryAfter,
     scope::{MakeScope, ScopeFromExtension},
     service::IdempotencyService,
+    store::WatchKeys,
 };
 
 /// Makes unsafe requests safe to retry: applies [`IdempotencyService`] to a service.
@@ -36,7 +37,7 @@ use crate::{
 ///     .layer(
 ///         IdempotencyLayer::new(MemoryStore::new())
 ///             .with_key_required(true)
-///             .with_conflict_policy(ConflictPolicy::wait(Duration::from_millis(50), Duration::from_secs(5))),
+///             .with_wait(Duration::from_secs(5)),
 ///     )
 ///     .service_fn(|_req: Request<RequestBody<String>>| async {
 ///         Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(String::from("order 1")).unwrap())
@@ -392,6 +393,30 @@ impl<St> IdempotencyLayer<St> {
     /// your metrics system. Every outcome is also a `tracing` event carrying the key's hash.
     pub fn with_on_outcome(self, hook: impl OnOutcome) -> Self {
         self.set(|c| c.on_outcome = Some(Arc::new(hook)))
+    }
+}
+
+impl<St: WatchKeys> IdempotencyLayer<St> {
+    /// Lets a duplicate wait up to `timeout` for the first request with its key, then replays
+    /// its response ([`ConflictPolicy::Wait`]); past `timeout`, 409. The store wakes waiters
+    /// when the key is completed or released (in process for `MemoryStore`, pub/sub for
+    /// `RedisStore`), so a waiter answers the moment the first request is recorded, without
+    /// polling the store. Waiting holds a request open: see
+    /// [`with_max_waiters`](Self::with_max_waiters).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_idempotency::{IdempotencyLayer, MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).with_wait(Duration::from_secs(10));
+    /// ```
+    pub fn with_wait(self, timeout: Duration) -> Self {
+        let store = Arc::clone(&self.store);
+        let watcher: Arc<Watcher> = Arc::new(move |key| store.watch(key));
+        self.set(|c| {
+            c.conflict = ConflictPolicy::wait_for(timeout);
+            c.watcher = Some(watcher);
+        })
     }
 }
 

@@ -161,8 +161,8 @@ pub use retry_after::{ConflictHint, RetryAfter, TypicalDuration};
 pub use scope::MakeScope;
 pub use service::IdempotencyService;
 pub use store::{
-    BeginOutcome, DynStore, FencingToken, IdempotencyStore, LeaseToken, ReplayCache, ReplayTier,
-    StoreError, StoreKey, TieredStore,
+    BeginOutcome, DynStore, FencingToken, IdempotencyStore, KeyWatch, LeaseToken, ReplayCache,
+    ReplayTier, StoreError, StoreKey, TieredStore, WatchKeys,
 };
 
 #[cfg(feature = "memory")]

@@ -12,18 +12,38 @@ pub enum ConflictPolicy {
     /// Answer `409 Conflict` at once, with a `Retry-After` of how long first executions here
     /// typically take (see `IdempotencyLayer::with_retry_after`).
     Reject,
-    /// Poll the store, starting at `poll` and backing off, until the first request completes
-    /// (then replay it) or `timeout` passes (then answer 409).
+    /// Wait until the first request completes (then replay it) or `timeout` passes (then
+    /// answer 409). Waiters are woken by the store's notification of the key's change when the
+    /// layer has it ([`IdempotencyLayer::with_wait`](crate::IdempotencyLayer::with_wait)); else,
+    /// and while notifications are broken, they poll the store.
     Wait {
-        /// The first poll interval; it doubles up to eight times this.
+        /// How often to look at the store when there are no notifications; it doubles up to
+        /// eight times this.
         poll: Duration,
         /// How long to wait in all.
         timeout: Duration,
     },
 }
 
+/// The poll interval of [`ConflictPolicy::wait_for`], for stores without notifications.
+const DEFAULT_POLL: Duration = Duration::from_millis(25);
+
 impl ConflictPolicy {
-    /// [`ConflictPolicy::Wait`] with these intervals.
+    /// [`ConflictPolicy::Wait`] for at most `timeout`. Prefer
+    /// [`IdempotencyLayer::with_wait`](crate::IdempotencyLayer::with_wait), which also lets the
+    /// store wake waiters; this one polls (every 25 ms, backing off to 200 ms).
+    pub const fn wait_for(timeout: Duration) -> Self {
+        Self::Wait {
+            poll: DEFAULT_POLL,
+            timeout,
+        }
+    }
+
+    /// [`ConflictPolicy::Wait`] with this poll interval.
+    #[deprecated(
+        since = "0.2.0",
+        note = "waiters are woken by the store: use `IdempotencyLayer::with_wait(timeout)`, or `ConflictPolicy::wait_for(timeout)` for a store without notifications"
+    )]
     pub const fn wait(poll: Duration, timeout: Duration) -> Self {
         Self::Wait { poll, timeout }
     }

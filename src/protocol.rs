@@ -5,7 +5,7 @@ use std::{error::Error, fmt, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep_until, Instant};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -25,7 +25,9 @@ use crate::{
     record,
     response::CompletedRecord,
     retry_after::ConflictHint,
-    store::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey},
+    store::{
+        BeginOutcome, FencingToken, IdempotencyStore, KeyWatch, LeaseToken, StoreError, StoreKey,
+    },
     Fingerprint,
 };
 
@@ -193,7 +195,8 @@ fn made_key(
     }
 }
 
-/// Calls `begin`, and under [`ConflictPolicy::Wait`] polls it again while the key is in progress.
+/// Calls `begin`, and under [`ConflictPolicy::Wait`] again each time the key changes (or the
+/// lease would end, or, without notifications, by polling) while it is in progress.
 async fn decide<St: IdempotencyStore, B>(
     store: &St,
     config: &Config,
@@ -243,11 +246,21 @@ async fn decide<St: IdempotencyStore, B>(
         let wait = match &mut waiting {
             Some(wait) => wait,
             None => match config.waiters.try_acquire() {
-                Ok(permit) => waiting.insert(Waiting {
-                    _permit: permit,
-                    deadline: Instant::now() + timeout,
-                    delay: poll.max(MIN_POLL),
-                }),
+                Ok(permit) => {
+                    // Subscribed first, then the key is looked at again (the loop): a change
+                    // between the first look and the wait is never missed.
+                    let watch = match &config.watcher {
+                        Some(watch) => watch(key),
+                        None => KeyWatch::polling(poll.max(MIN_POLL)),
+                    };
+                    waiting = Some(Waiting {
+                        _permit: permit,
+                        deadline: Instant::now() + timeout,
+                        watch,
+                        delay: None,
+                    });
+                    continue;
+                }
                 Err(_) => return conflict(),
             },
         };
@@ -255,8 +268,19 @@ async fn decide<St: IdempotencyStore, B>(
         if now >= wait.deadline {
             return conflict();
         }
-        sleep(wait.delay.min(wait.deadline - now)).await;
-        wait.delay = (wait.delay * 2).min(poll.max(MIN_POLL) * 8);
+        // Woken by the key's change; else look again when the lease would end (a holder that
+        // died releases nothing), at the deadline, and, without working notifications, by
+        // polling with a growing delay.
+        let mut wake = wait.deadline.min(now + lease_left + MIN_POLL);
+        if let Some(interval) = wait.watch.poll() {
+            let delay = wait.delay.map_or(interval, |d| (d * 2).min(interval * 8));
+            wait.delay = Some(delay);
+            wake = wake.min(now + delay);
+        }
+        tokio::select! {
+            () = wait.watch.changed() => {}
+            () = sleep_until(wake) => {}
+        }
     }
 }
 
@@ -266,7 +290,9 @@ const MIN_POLL: Duration = Duration::from_millis(1);
 struct Waiting<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
     deadline: Instant,
-    delay: Duration,
+    watch: KeyWatch,
+    /// The current polling delay, when the waiter polls.
+    delay: Option<Duration>,
 }
 
 /// Runs the handler under its lease (step 7), then hands its response to [`record`].

@@ -70,7 +70,7 @@ async fn two_instances_run_each_key_exactly_once() {
     let rejecting = instance(connect().await, ConflictPolicy::Reject, Arc::clone(&runs));
     let waiting = instance(
         connect().await,
-        ConflictPolicy::wait(Duration::from_millis(5), DEADLINE),
+        ConflictPolicy::wait_for(DEADLINE),
         Arc::clone(&runs),
     );
 

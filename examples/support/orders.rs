@@ -55,9 +55,7 @@ impl Settings {
             .map_err(|e| format!("BIND: {e}"))?;
         let conflict = match var("IDEMPOTENCY_CONFLICT").as_deref() {
             None | Some("reject") => ConflictPolicy::Reject,
-            Some("wait") => {
-                ConflictPolicy::wait(Duration::from_millis(25), Duration::from_secs(10))
-            }
+            Some("wait") => ConflictPolicy::wait_for(Duration::from_secs(10)),
             Some(other) => {
                 return Err(format!(
                     "IDEMPOTENCY_CONFLICT: expected reject or wait, got {other:?}"

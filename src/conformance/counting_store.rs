@@ -10,7 +10,8 @@ use std::{
 };
 
 use crate::{
-    BeginOutcome, CompletedRecord, Fingerprint, IdempotencyStore, LeaseToken, StoreError, StoreKey,
+    BeginOutcome, CompletedRecord, Fingerprint, IdempotencyStore, KeyWatch, LeaseToken, StoreError,
+    StoreKey, WatchKeys,
 };
 use tokio::sync::Semaphore;
 
@@ -104,5 +105,11 @@ impl<St: IdempotencyStore> IdempotencyStore for CountingStore<St> {
     ) -> Result<bool, StoreError> {
         self.renewals.fetch_add(1, Ordering::SeqCst);
         self.inner.renew(key, token, lease).await
+    }
+}
+
+impl<St: WatchKeys> WatchKeys for CountingStore<St> {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        self.inner.watch(key)
     }
 }

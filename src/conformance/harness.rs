@@ -149,6 +149,10 @@ impl Handler {
             .header("authorization", "Bearer leaked-token")
             .header("x-fence", fence.to_string());
         let response = match path.as_str() {
+            // `/gated?fail_first`: the first execution fails (500) once the gate opens.
+            "/gated" if n == 1 && query.has("fail_first") => response
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(full("failed")),
             "/error" => return Err(io::Error::other("handler failed")),
             "/panic" => panic!("handler panicked on purpose"),
             "/fail" => response

@@ -156,8 +156,10 @@ pub async fn concurrent_duplicates_run_once_under_reject<St: IdempotencyStore>(s
 pub async fn concurrent_duplicates_run_once_under_wait<St: IdempotencyStore + Clone>(store: St) {
     let store = CountingStore::new(store);
     let handler = Handler::new();
-    let layer = IdempotencyLayer::new(store.clone())
-        .with_conflict_policy(ConflictPolicy::wait(Duration::from_millis(5), DEADLINE));
+    let layer = IdempotencyLayer::new(store.clone()).with_conflict_policy(ConflictPolicy::Wait {
+        poll: Duration::from_millis(5),
+        timeout: DEADLINE,
+    });
     let svc = handler.service(layer);
     let mut tasks = JoinSet::new();
     for _ in 0..64 {
@@ -180,10 +182,10 @@ pub async fn concurrent_duplicates_run_once_under_wait<St: IdempotencyStore + Cl
 /// Wait gives up with 409 after its timeout.
 pub async fn wait_gives_up_with_409_after_its_timeout<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
-    let layer = IdempotencyLayer::new(store).with_conflict_policy(ConflictPolicy::wait(
-        Duration::from_millis(5),
-        Duration::from_millis(100),
-    ));
+    let layer = IdempotencyLayer::new(store).with_conflict_policy(ConflictPolicy::Wait {
+        poll: Duration::from_millis(5),
+        timeout: Duration::from_millis(100),
+    });
     let svc = handler.service(layer);
     let first = tokio::spawn({
         let svc = svc.clone();
@@ -539,7 +541,10 @@ pub async fn a_request_dropped_during_begin_releases_the_key<St: IdempotencyStor
 pub async fn waiters_are_capped<St: IdempotencyStore>(store: St) {
     let handler = Handler::new();
     let layer = IdempotencyLayer::new(store)
-        .with_conflict_policy(ConflictPolicy::wait(Duration::from_millis(5), DEADLINE))
+        .with_conflict_policy(ConflictPolicy::Wait {
+            poll: Duration::from_millis(5),
+            timeout: DEADLINE,
+        })
         .with_max_waiters(2);
     let svc = handler.service(layer);
     let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));

@@ -2,7 +2,10 @@
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use super::{BeginOutcome, IdempotencyStore, LeaseToken, ReplayTier, StoreError, StoreKey};
+use super::{
+    BeginOutcome, IdempotencyStore, KeyWatch, LeaseToken, ReplayTier, StoreError, StoreKey,
+    WatchKeys, SLOW_POLL,
+};
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -75,6 +78,12 @@ impl<St: ReplayTier> ReplayTier for Arc<St> {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         St::put_completed(self, key, fingerprint, record, ttl)
+    }
+}
+
+impl<St: WatchKeys> WatchKeys for Arc<St> {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        St::watch(self, key)
     }
 }
 
@@ -208,18 +217,50 @@ impl<St: IdempotencyStore> ErasedStore for St {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct DynStore(Arc<dyn ErasedStore>);
+pub struct DynStore {
+    store: Arc<dyn ErasedStore>,
+    watcher: Option<Arc<Watcher>>,
+}
+
+type Watcher = dyn Fn(&StoreKey) -> KeyWatch + Send + Sync;
 
 impl DynStore {
-    /// Boxes `store`.
+    /// Boxes `store`. Its waiters poll (see [`with_watch`](Self::with_watch)).
     pub fn new(store: impl IdempotencyStore) -> Self {
-        Self(Arc::new(store))
+        Self {
+            store: Arc::new(store),
+            watcher: None,
+        }
+    }
+
+    /// Boxes `store` with its [`WatchKeys`] ability, so that waiters are woken by it.
+    pub fn with_watch(store: impl WatchKeys) -> Self {
+        let store = Arc::new(store);
+        let watched = Arc::clone(&store);
+        Self {
+            store,
+            watcher: Some(Arc::new(move |key: &StoreKey| watched.watch(key))),
+        }
+    }
+}
+
+/// The boxed store's watch, when it was boxed [`with_watch`](DynStore::with_watch); else a watch
+/// that polls.
+impl WatchKeys for DynStore {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        match &self.watcher {
+            Some(watch) => watch(key),
+            None => KeyWatch::polling(SLOW_POLL),
+        }
     }
 }
 
 impl fmt::Debug for DynStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DynStore").field(&self.0).finish()
+        f.debug_struct("DynStore")
+            .field("store", &self.store)
+            .field("watches", &self.watcher.is_some())
+            .finish()
     }
 }
 
@@ -231,7 +272,7 @@ impl IdempotencyStore for DynStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
-        self.0.begin(key, fingerprint, token, lease).await
+        self.store.begin(key, fingerprint, token, lease).await
     }
 
     async fn begin_with_expiry(
@@ -241,7 +282,7 @@ impl IdempotencyStore for DynStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<BeginOutcome, StoreError> {
-        self.0
+        self.store
             .begin_with_expiry(key, fingerprint, token, lease)
             .await
     }
@@ -254,11 +295,13 @@ impl IdempotencyStore for DynStore {
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.0.complete(key, token, fingerprint, record, ttl).await
+        self.store
+            .complete(key, token, fingerprint, record, ttl)
+            .await
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
-        self.0.release(key, token).await
+        self.store.release(key, token).await
     }
 
     async fn renew(
@@ -267,6 +310,6 @@ impl IdempotencyStore for DynStore {
         token: &LeaseToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        self.0.renew(key, token, lease).await
+        self.store.renew(key, token, lease).await
     }
 }

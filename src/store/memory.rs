@@ -12,8 +12,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayTier,
-    StoreError, StoreKey,
+    eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, KeyHub, KeyWatch,
+    LeaseToken, ReplayTier, StoreError, StoreKey, WatchKeys,
 };
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
@@ -45,6 +45,8 @@ struct Shared {
     max_entries: usize,
     /// One counter for every key: growing globally means growing per key.
     fence: AtomicU64,
+    /// Wakes the requests waiting on a key when it is completed or released.
+    waiters: Arc<KeyHub>,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +97,7 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 max_entries: max_entries.max(1),
                 fence: AtomicU64::new(0),
+                waiters: KeyHub::new(true),
             }),
         }
     }
@@ -260,6 +263,7 @@ impl IdempotencyStore for MemoryStore {
             state.insert_completed(*key, fingerprint, record, expires_at, Some(*token));
         });
         if completed.is_some() {
+            self.shared.waiters.notify(key);
             return Ok(true);
         }
         // Sent twice by the same holder with the same record (its first reply was lost).
@@ -272,11 +276,15 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
-        Ok(self
+        let released = self
             .with_held(key, token, |state| {
                 state.entries.remove(key);
             })
-            .is_some())
+            .is_some();
+        if released {
+            self.shared.waiters.notify(key);
+        }
+        Ok(released)
     }
 
     async fn renew(
@@ -292,6 +300,13 @@ impl IdempotencyStore for MemoryStore {
                 }
             })
             .is_some())
+    }
+}
+
+/// In process: a completion or release wakes this key's waiters at once, no polling at all.
+impl WatchKeys for MemoryStore {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        self.shared.waiters.watch(key)
     }
 }
 

@@ -19,6 +19,7 @@ mod error;
 mod eviction;
 pub(crate) mod key;
 mod token;
+mod watch;
 
 #[cfg(feature = "memory")]
 mod memory;
@@ -35,6 +36,10 @@ pub use key::StoreKey;
 pub use replay_cache::ReplayCache;
 pub use tiered::TieredStore;
 pub use token::{FencingToken, LeaseToken};
+#[cfg(feature = "memory")]
+pub(crate) use watch::KeyHub;
+pub(crate) use watch::SLOW_POLL;
+pub use watch::{KeyWatch, WatchKeys};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

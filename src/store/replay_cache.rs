@@ -10,8 +10,8 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    eviction::EvictionQueue, BeginOutcome, IdempotencyStore, LeaseToken, ReplayTier, StoreError,
-    StoreKey,
+    eviction::EvictionQueue, BeginOutcome, IdempotencyStore, KeyWatch, LeaseToken, ReplayTier,
+    StoreError, StoreKey, WatchKeys,
 };
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
@@ -304,5 +304,12 @@ impl<St: IdempotencyStore> ReplayTier for ReplayCache<St> {
     ) -> Result<bool, StoreError> {
         self.insert(*key, *fingerprint, record, ttl);
         Ok(true)
+    }
+}
+
+/// Waiters are woken by the store behind the cache, which decides.
+impl<St: WatchKeys> WatchKeys for ReplayCache<St> {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        self.inner.watch(key)
     }
 }

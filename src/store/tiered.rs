@@ -11,7 +11,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{BeginOutcome, IdempotencyStore, LeaseToken, ReplayTier, StoreError, StoreKey};
+use super::{
+    BeginOutcome, IdempotencyStore, KeyWatch, LeaseToken, ReplayTier, StoreError, StoreKey,
+    WatchKeys,
+};
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
 /// The default bound on one call to the fast tier: 100 ms.
@@ -243,5 +246,12 @@ impl<Fast: ReplayTier, Durable: ReplayTier> ReplayTier for TieredStore<Fast, Dur
             .await?;
         self.fill(key, fingerprint, record, ttl).await;
         Ok(kept)
+    }
+}
+
+/// Waiters are woken by the durable tier, which decides.
+impl<Fast: ReplayTier, Durable: WatchKeys> WatchKeys for TieredStore<Fast, Durable> {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        self.durable.watch(key)
     }
 }
