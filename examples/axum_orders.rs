@@ -76,7 +76,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .route("/orders/{id}", get(get_order))
         .with_state(app);
 
-    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    let listener = settings.listen().await?;
     tracing::info!(addr = %listener.local_addr()?, store, "axum_orders listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
@@ -97,8 +97,7 @@ async fn create_order(
     if let Some(Extension(key)) = &key {
         tracing::debug!(key_len = key.as_str().len(), "creating an order");
     }
-    // Stands for real work: a payment, a database write.
-    tokio::time::sleep(app.delay).await;
+    orders::work(app.delay).await;
     match app
         .book
         .create(&body, fence.map(|Extension(fence)| fence.get()))

@@ -9,7 +9,9 @@
 //!
 //! It reads the same environment as `axum_orders` (`BIND`, `REDIS_URL`, `DATABASE_URL`,
 //! `IDEMPOTENCY_STORE`, `ORDER_DELAY_MS`,
-//! `IDEMPOTENCY_CONFLICT`, `IDEMPOTENCY_LEASE_MS`, `IDEMPOTENCY_TTL_S`).
+//! `IDEMPOTENCY_CONFLICT`, `IDEMPOTENCY_LEASE_MS`, `IDEMPOTENCY_TTL_S`), and answers as the axum
+//! router does: 405 with `Allow` for a method a path does not take (`PUT /orders`), 404 for a
+//! path it does not serve.
 
 #[path = "support/orders.rs"]
 mod orders;
@@ -19,7 +21,7 @@ mod store;
 use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -54,7 +56,7 @@ async fn serve<St: IdempotencyStore>(
         .layer(layer)
         .service_fn(move |req| route(book.clone(), delay, req));
 
-    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    let listener = settings.listen().await?;
     tracing::info!(addr = %listener.local_addr()?, store, "hyper_orders listening");
     loop {
         let (stream, _) = tokio::select! {
@@ -73,71 +75,90 @@ async fn serve<St: IdempotencyStore>(
     }
 }
 
+/// The routes `axum_orders` has, matched by hand: `/orders` (GET lists the orders, POST creates
+/// one) and `/orders/{id}` (GET). A known path with another method gets 405 with `Allow`, as
+/// axum answers; any other path a plain 404.
 async fn route(
     book: OrderBook,
     delay: Duration,
     req: Request<RequestBody<Incoming>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
-    let response = match (req.method(), path.as_str()) {
-        (&Method::POST, "/orders") => {
-            let fence = req
-                .extensions()
-                .get::<FencingToken>()
-                .map(FencingToken::get);
-            let body = match req.into_body().collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(e) => {
-                    return Ok(problem_response(
-                        StatusCode::BAD_REQUEST,
-                        "Unreadable body",
-                        &e.to_string(),
-                    ))
-                }
-            };
-            // Stands for real work: a payment, a database write.
-            tokio::time::sleep(delay).await;
-            match book.create(&body, fence) {
-                Ok(order) => Response::builder()
-                    .status(StatusCode::CREATED)
-                    .header(header::LOCATION, format!("/orders/{}", order.id))
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Full::from(serde_json::to_vec(&order).unwrap_or_default())),
-                Err(detail) => {
-                    return Ok(problem_response(
-                        StatusCode::BAD_REQUEST,
-                        "Invalid order",
-                        &detail,
-                    ))
-                }
-            }
-        }
-        (&Method::GET, "/orders") => json(&book.all()),
-        (&Method::GET, _) => match path.strip_prefix("/orders/").and_then(|id| book.get(id)) {
+    // hyper leaves the body out of an answer to HEAD.
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let order_id = path
+        .strip_prefix("/orders/")
+        .filter(|id| !id.is_empty() && !id.contains('/'));
+    let response = match (path.as_str(), order_id) {
+        ("/orders", _) if req.method() == Method::POST => create_order(&book, delay, req).await,
+        ("/orders", _) if read => json(&book.all()),
+        ("/orders", _) => method_not_allowed("GET,HEAD,POST"),
+        (_, Some(id)) if read => match book.get(id) {
             Some(order) => json(&order),
-            None => {
-                return Ok(problem_response(
-                    StatusCode::NOT_FOUND,
-                    "Order not found",
-                    &path,
-                ))
-            }
-        },
-        _ => {
-            return Ok(problem_response(
+            None => problem_response(
                 StatusCode::NOT_FOUND,
-                "No such route",
-                &path,
-            ))
-        }
+                "Order not found",
+                &format!("no order {id}"),
+            ),
+        },
+        (_, Some(_)) => method_not_allowed("GET,HEAD"),
+        (_, None) => problem_response(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("nothing at {path}"),
+        ),
     };
-    Ok(response.unwrap_or_else(|_| Response::new(Full::default())))
+    Ok(response)
 }
 
-fn json(value: &impl serde::Serialize) -> Result<Response<Full<Bytes>>, http::Error> {
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::from(serde_json::to_vec(value).unwrap_or_default()))
+async fn create_order(
+    book: &OrderBook,
+    delay: Duration,
+    req: Request<RequestBody<Incoming>>,
+) -> Response<Full<Bytes>> {
+    let fence = req
+        .extensions()
+        .get::<FencingToken>()
+        .map(FencingToken::get);
+    let body = match req.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return problem_response(StatusCode::BAD_REQUEST, "Unreadable body", &e.to_string())
+        }
+    };
+    orders::work(delay).await;
+    match book.create(&body, fence) {
+        Ok(order) => {
+            let mut response = json(&order);
+            *response.status_mut() = StatusCode::CREATED;
+            if let Ok(location) = HeaderValue::try_from(format!("/orders/{}", order.id)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(detail) => problem_response(StatusCode::BAD_REQUEST, "Invalid order", &detail),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::from(serde_json::to_vec(value).unwrap_or_default()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = problem_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        &format!("allowed: {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 fn problem_response(status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes>> {
@@ -145,7 +166,7 @@ fn problem_response(status: StatusCode, title: &str, detail: &str) -> Response<F
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/problem+json"),
+        HeaderValue::from_static("application/problem+json"),
     );
     response
 }

@@ -454,6 +454,73 @@ mod tests {
         assert_eq!(reused.headers()["grpc-status"], "9");
     }
 
+    /// Every problem's `type` is a link to its section in these docs on docs.rs: the URL names
+    /// this module, and rustdoc turns the heading `# key-missing` into the anchor `key-missing`.
+    #[test]
+    fn every_problem_type_links_to_a_heading_of_these_docs() {
+        let module_page = format!(
+            "https://docs.rs/tower-idempotency/latest/{}/index.html#",
+            module_path!()
+                .trim_end_matches("::tests")
+                .replace("::", "/")
+        );
+        assert_eq!(TYPE_BASE, module_page);
+        let headings: Vec<&str> = include_str!("problems.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//! # "))
+            .collect();
+        let status = StatusCode::OK;
+        let every = [
+            Problem::KeyMissing,
+            Problem::KeyInvalid("empty"),
+            Problem::KeyFormat(KeyFormat::Uuid),
+            Problem::BodyTooLarge { limit: None },
+            Problem::BodyUnreadable,
+            Problem::KeyReused,
+            Problem::InProgress {
+                retry_after_secs: 1,
+            },
+            Problem::TooManyInProgress {
+                retry_after_secs: 1,
+            },
+            Problem::ResponseNotRecorded { original: status },
+            Problem::ResponseBroken { original: status },
+            Problem::StoreUnavailable {
+                retry_after_secs: 1,
+            },
+            Problem::RecordCorrupt,
+            Problem::ResponseFailed,
+        ];
+        for problem in every {
+            // No wildcard: a new problem does not compile until it is listed above.
+            match problem {
+                Problem::KeyMissing
+                | Problem::KeyInvalid(_)
+                | Problem::KeyFormat(_)
+                | Problem::BodyTooLarge { .. }
+                | Problem::BodyUnreadable
+                | Problem::KeyReused
+                | Problem::InProgress { .. }
+                | Problem::TooManyInProgress { .. }
+                | Problem::ResponseNotRecorded { .. }
+                | Problem::ResponseBroken { .. }
+                | Problem::StoreUnavailable { .. }
+                | Problem::RecordCorrupt
+                | Problem::ResponseFailed => {}
+            }
+            let kind = problem.refusal().kind;
+            // Lower-case letters and dashes: rustdoc keeps such a heading as its anchor.
+            assert!(
+                kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{kind}"
+            );
+            assert!(
+                headings.contains(&kind),
+                "no `//! # {kind}` heading for {problem:?}"
+            );
+        }
+    }
+
     #[test]
     fn json_strings_are_escaped() {
         let mut out = String::new();

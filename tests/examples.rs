@@ -2,8 +2,19 @@
 //! stores.
 
 mod common;
+// The examples' own helpers, for the tests that need no running example.
+#[allow(dead_code)]
+#[path = "../examples/support/orders.rs"]
+mod orders;
+#[allow(dead_code)]
+#[path = "../examples/support/store.rs"]
+mod store;
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use common::example_process::{example_binary, start_example, ExampleProcess as Example};
 use test_support::TestRedis;
@@ -455,44 +466,179 @@ async fn two_instances_on_one_database_create_each_order_once() {
 }
 
 /// The tower-http stack example: the timeout cuts off the client, not the handler; a panic is a
-/// 500 and frees the key; tower-http's body limit answers 413.
+/// 500 and frees the key; tower-http's body limit answers 413. It says before it panics that
+/// the panic is on purpose, prints one line per panic (no thread id, no backtrace even under
+/// `RUST_BACKTRACE`), and prints the same on every run.
 #[tokio::test]
 async fn tower_stack_keeps_its_promises() {
-    let output = tokio::task::spawn_blocking(|| {
-        Command::new(example_binary("tower_stack"))
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("example binary (built by cargo test)")
-    })
-    .await
-    .unwrap();
+    let run = || {
+        tokio::task::spawn_blocking(|| {
+            Command::new(example_binary("tower_stack"))
+                .env_remove("RUST_LOG")
+                .env("RUST_BACKTRACE", "1")
+                .output()
+                .expect("example binary (built by cargo test)")
+        })
+    };
+    let (output, again) = tokio::join!(run(), run());
+    let (output, again) = (output.unwrap(), again.unwrap());
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        (stdout.as_ref(), stderr.as_ref()),
+        (
+            String::from_utf8_lossy(&again.stdout).as_ref(),
+            String::from_utf8_lossy(&again.stderr).as_ref()
+        ),
+        "two runs printed differently"
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     let slow: Vec<&&str> = lines.iter().filter(|l| l.contains("[slow-1]")).collect();
+    assert_eq!(slow.len(), 3, "{stdout}");
     assert!(slow[0].contains("-> 408"), "the client timed out: {stdout}");
     assert!(
-        slow.iter()
-            .skip(1)
-            .rev()
-            .skip(1)
-            .all(|l| l.contains("-> 409")),
-        "{stdout}"
+        slow[1].contains("-> 409"),
+        "the handler still ran: {stdout}"
     );
     assert!(
-        slow.last()
-            .unwrap()
-            .contains("-> 201 Created (replayed) order created"),
+        slow[2].contains("-> 201 Created (replayed) order created"),
         "{stdout}"
     );
-    let panics: Vec<&&str> = lines.iter().filter(|l| l.contains("[panic-1]")).collect();
-    assert!(panics.len() >= 2, "{stdout}");
+    let warned = lines
+        .iter()
+        .position(|l| l.contains("panics on purpose"))
+        .expect("a line before the panic");
+    let panics: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("[panic-1]"))
+        .collect();
+    assert_eq!(panics.len(), 2, "{stdout}");
+    assert!(warned < panics[0], "{stdout}");
     assert!(
-        panics.last().unwrap().contains("-> 500"),
+        panics.iter().all(|&i| lines[i].contains("-> 500")),
         "the retry ran again: {stdout}"
     );
     let big = lines.last().unwrap();
     assert!(big.contains("[big-1] -> 413"), "{stdout}");
     // tower-http's limit (64 KiB) refused it: the layer must not state its own (1 MiB).
     assert!(!big.contains("1048576"), "{big}");
+    // One line per panic, no colours when stderr is not a terminal.
+    assert_eq!(stderr.matches("panicked on purpose").count(), 2, "{stderr}");
+    for noise in ["thread '", "backtrace", "RUST_BACKTRACE", "\x1b["] {
+        assert!(!stderr.contains(noise), "{noise:?} in {stderr}");
+    }
+}
+
+/// Both orders examples answer a method a path does not take with 405 and `Allow`, and a path
+/// they do not serve with a plain 404 (not "Order not found").
+async fn unknown_routes_are_405_and_404(example: &Example) {
+    let addr = example.addr.as_str();
+    let allowed = |reply: &Reply| {
+        let mut methods: Vec<String> = reply
+            .header("allow")
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        methods.sort();
+        methods
+    };
+    let put = request(addr, "PUT", "/orders", None, ORDER).await;
+    assert_eq!(put.status, 405, "{}", put.body);
+    assert_eq!(allowed(&put), ["GET", "HEAD", "POST"]);
+    let delete = request(addr, "DELETE", "/orders/ord_1", None, "").await;
+    assert_eq!(delete.status, 405, "{}", delete.body);
+    assert_eq!(allowed(&delete), ["GET", "HEAD"]);
+    for path in ["/orders/x/y", "/orders/", "/nothing"] {
+        let reply = request(addr, "GET", path, None, "").await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(
+            !reply.body.contains("Order not found"),
+            "{path}: {}",
+            reply.body
+        );
+    }
+    let missing = request(addr, "GET", "/orders/ord_missing", None, "").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("Order not found"), "{}", missing.body);
+    let head = request(addr, "HEAD", "/orders", None, "").await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+}
+
+#[tokio::test]
+async fn axum_orders_answers_unknown_routes() {
+    unknown_routes_are_405_and_404(&start("axum_orders", None, &[]).await).await;
+}
+
+#[tokio::test]
+async fn hyper_orders_answers_unknown_routes_as_axum_does() {
+    unknown_routes_are_405_and_404(&start("hyper_orders", None, &[]).await).await;
+}
+
+/// On a port another process holds, the examples exit with an error that says the address is in
+/// use and how to pick another.
+#[tokio::test]
+async fn a_busy_port_is_named_with_a_hint() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    for name in ["axum_orders", "hyper_orders"] {
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(example_binary(name))
+                .env("BIND", addr.to_string())
+                .env_remove("REDIS_URL")
+                .env_remove("DATABASE_URL")
+                .env_remove("IDEMPOTENCY_STORE")
+                .output()
+                .expect("example binary (built by cargo test)")
+        })
+        .await
+        .unwrap();
+        assert!(!output.status.success(), "{name} started on a busy port");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = format!("BIND=127.0.0.1:{}", addr.port() + 1);
+        assert!(
+            stderr.contains(&format!(
+                "{name}: cannot listen on {addr}: the address is already in use"
+            )) && stderr.contains(&hint),
+            "{stderr}"
+        );
+    }
+    drop(busy);
+}
+
+/// The examples log to stderr, without colour codes when it is not a terminal.
+#[tokio::test]
+async fn example_logs_have_no_colour_codes_off_a_terminal() {
+    for name in ["axum_orders", "hyper_orders"] {
+        let line = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(example_binary(name))
+                .env("BIND", "127.0.0.1:0")
+                .env("RUST_LOG", "info")
+                .env_remove("REDIS_URL")
+                .env_remove("DATABASE_URL")
+                .env_remove("IDEMPOTENCY_STORE")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("example binary (built by cargo test)");
+            let mut line = String::new();
+            let read = BufReader::new(child.stderr.take().unwrap()).read_line(&mut line);
+            let _ = child.kill();
+            let _ = child.wait();
+            read.map(|_| line)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(line.contains(&format!("{name} listening")), "{line}");
+        assert!(!line.contains('\x1b'), "{line:?}");
+    }
+}
+
+/// `ORDER_DELAY_MS=0` does not sleep at all: even a zero tokio sleep waits for the timer's next
+/// tick.
+#[tokio::test]
+async fn a_zero_order_delay_does_not_sleep() {
+    use futures_util::FutureExt;
+    assert!(orders::work(Duration::ZERO).now_or_never().is_some());
 }

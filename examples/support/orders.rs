@@ -4,6 +4,7 @@ use std::{
     collections::hash_map::RandomState,
     env,
     hash::BuildHasher,
+    io::{self, IsTerminal},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,8 +16,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tower_idempotency::{ConflictPolicy, DynStore, IdempotencyLayer};
 
-/// Sets up logging (`RUST_LOG`, default `info,tower_idempotency=debug`), runs the example, and
-/// exits with status 1 and the error on failure.
+/// Sets up logging (`RUST_LOG`, default `info,tower_idempotency=debug`; to stderr, coloured
+/// only on a terminal), runs the example, and exits with status 1 and the error on failure.
 pub(crate) async fn main(
     name: &str,
     run: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
@@ -26,6 +27,8 @@ pub(crate) async fn main(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_idempotency=debug".into()),
         )
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
     if let Err(error) = run.await {
         eprintln!("{name}: {error}");
@@ -91,9 +94,12 @@ impl Settings {
             self.tiered,
         )
         .await?;
-        let mut layer = IdempotencyLayer::new(store)
-            .with_key_required(true)
-            .with_conflict_policy(self.conflict);
+        let mut layer = IdempotencyLayer::new(store).with_key_required(true);
+        layer = match self.conflict {
+            // Duplicates woken by the store the moment the first request is recorded.
+            ConflictPolicy::Wait { timeout, .. } => layer.with_wait(timeout),
+            policy => layer.with_conflict_policy(policy),
+        };
         if let Some(lease) = self.lease {
             layer = layer.with_lease_ttl(lease);
         }
@@ -101,6 +107,33 @@ impl Settings {
             layer = layer.with_result_ttl(ttl);
         }
         Ok((layer, name))
+    }
+
+    /// Listens on `BIND`. When another process holds the address (often the same example,
+    /// still running in another terminal), the error says so and how to pick another one.
+    pub(crate) async fn listen(&self) -> Result<tokio::net::TcpListener, String> {
+        let addr = self.bind;
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                let mut other = addr;
+                other.set_port(addr.port().checked_add(1).unwrap_or(3001));
+                format!(
+                    "cannot listen on {addr}: the address is already in use (is another example \
+                     still running?); set BIND to another address, e.g. BIND={other}"
+                )
+            } else {
+                format!("cannot listen on {addr} (BIND): {e}")
+            }
+        })
+    }
+}
+
+/// Stands for the real work of creating an order (a payment, a database write): takes `delay`
+/// (`ORDER_DELAY_MS`). Zero does not sleep at all, since a zero sleep still waits for the next
+/// tick of tokio's timer (a millisecond).
+pub(crate) async fn work(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }
 
