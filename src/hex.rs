@@ -29,6 +29,24 @@ impl Hex32 {
     }
 }
 
+/// The 32 bytes that 64 hex digits (either case) stand for.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn decode32(digits: &[u8]) -> Option<[u8; 32]> {
+    fn value(digit: u8) -> Option<u8> {
+        char::from(digit)
+            .to_digit(16)
+            .and_then(|v| u8::try_from(v).ok())
+    }
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = value(pair[0])? << 4 | value(pair[1])?;
+    }
+    Some(out)
+}
+
 impl fmt::Display for Hex32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -45,5 +63,14 @@ mod tests {
         let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(Hex32::new(&bytes).as_str(), expected);
         assert_eq!(Hex32::new(&bytes).as_bytes(), expected.as_bytes());
+    }
+
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    #[test]
+    fn decodes_what_it_encodes_and_nothing_else() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(super::decode32(Hex32::new(&bytes).as_bytes()), Some(bytes));
+        assert_eq!(super::decode32(&[b'a'; 63]), None);
+        assert_eq!(super::decode32(&[b'g'; 64]), None);
     }
 }

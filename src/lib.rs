@@ -170,4 +170,4 @@ pub use store::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "postgres")]
-pub use store::{PostgresStore, MIGRATION};
+pub use store::{PostgresStore, MIGRATION, MIGRATIONS};

@@ -26,7 +26,7 @@ pub enum ConflictPolicy {
 }
 
 /// The poll interval of [`ConflictPolicy::wait_for`], for stores without notifications.
-const DEFAULT_POLL: Duration = Duration::from_millis(25);
+pub(crate) const DEFAULT_POLL: Duration = Duration::from_millis(25);
 
 impl ConflictPolicy {
     /// [`ConflictPolicy::Wait`] for at most `timeout`. Prefer

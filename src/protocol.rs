@@ -249,13 +249,18 @@ async fn decide<St: IdempotencyStore, B>(
                 Ok(permit) => {
                     // Subscribed first, then the key is looked at again (the loop): a change
                     // between the first look and the wait is never missed.
-                    let watch = match &config.watcher {
+                    let mut watch = match &config.watcher {
                         Some(watch) => watch(key),
-                        None => KeyWatch::polling(poll.max(MIN_POLL)),
+                        None => KeyWatch::polling(poll),
                     };
+                    let deadline = Instant::now() + timeout;
+                    tokio::select! {
+                        () = watch.ready() => {}
+                        () = sleep_until(deadline) => {}
+                    }
                     waiting = Some(Waiting {
                         _permit: permit,
-                        deadline: Instant::now() + timeout,
+                        deadline,
                         watch,
                         delay: None,
                     });

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_idempotency::{IdempotencyLayer, StoreKey, MIGRATION};
+use tower_idempotency::{IdempotencyLayer, StoreKey, MIGRATION, MIGRATIONS};
 
 use common::{post, send, Handler, DEADLINE};
 
@@ -21,8 +21,10 @@ async fn rows(pool: &sqlx::PgPool) -> i64 {
 async fn the_reaper_deletes_expired_rows_and_reads_ignore_them_before() {
     let (store, pg) = common::postgres_store().await;
     let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
-    // The shipped migration runs twice without harm.
-    sqlx::raw_sql(MIGRATION).execute(&pool).await.unwrap();
+    // The shipped migrations run twice without harm.
+    for migration in MIGRATIONS {
+        sqlx::raw_sql(migration).execute(&pool).await.unwrap();
+    }
     let handler = Handler::new();
     let layer = IdempotencyLayer::new(store.clone()).with_result_ttl(Duration::from_millis(200));
     let svc = handler.service(layer);
@@ -67,4 +69,31 @@ async fn a_corrupt_row_is_500_and_never_reruns_the_handler() {
         .await
         .assert_problem(StatusCode::INTERNAL_SERVER_ERROR, "record-corrupt");
     assert_eq!(handler.executions(), 1);
+}
+
+/// A table of 0.1's schema (no `waiting` column): the store says what to run, and after
+/// `migrate` the same key completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_the_waiting_column_names_the_migration() {
+    let pg = tokio::task::spawn_blocking(test_support::TestPostgres::start)
+        .await
+        .expect("PostgreSQL start-up");
+    let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    sqlx::raw_sql(MIGRATION).execute(&pool).await.unwrap();
+    let store = tower_idempotency::PostgresStore::new(pool.clone());
+    common::logs::capture();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store.clone()));
+    send(&svc, post("/orders", Some("k"), "{}")).await;
+    assert!(
+        !common::logs::lines_with(&["PostgresStore::migrate()"]).is_empty(),
+        "no log line names the migration"
+    );
+    store.migrate().await.unwrap();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    assert_eq!(
+        send(&svc, post("/orders", Some("k2"), "{}")).await.status,
+        StatusCode::CREATED
+    );
 }

@@ -6,7 +6,8 @@ use tower_idempotency::{DynStore, MemoryStore, RedisStore};
 
 /// `MemoryStore` by default; `RedisStore` with `REDIS_URL`; `PostgresStore` with `DATABASE_URL`
 /// (feature `postgres`); Redis in front of PostgreSQL with both and `IDEMPOTENCY_STORE=tiered`.
-/// Also names the store, for the start-up log.
+/// Boxed with their ability to wake waiters (`with_watch`). Also names the store, for the
+/// start-up log.
 pub(crate) async fn from_env(
     redis_url: Option<&str>,
     database_url: Option<&str>,
@@ -18,8 +19,8 @@ pub(crate) async fn from_env(
     };
     let Some(database_url) = database_url else {
         return Ok(match redis {
-            Some(redis) => (DynStore::new(redis), "redis"),
-            None => (DynStore::new(MemoryStore::new()), "memory"),
+            Some(redis) => (DynStore::with_watch(redis), "redis"),
+            None => (DynStore::with_watch(MemoryStore::new()), "memory"),
         });
     };
     #[cfg(feature = "postgres")]
@@ -30,10 +31,10 @@ pub(crate) async fn from_env(
         postgres.spawn_reaper(Duration::from_secs(60));
         match redis {
             Some(redis) if tiered => Ok((
-                DynStore::new(tower_idempotency::TieredStore::new(redis, postgres)),
+                DynStore::with_watch(tower_idempotency::TieredStore::new(redis, postgres)),
                 "tiered",
             )),
-            _ => Ok((DynStore::new(postgres), "postgres")),
+            _ => Ok((DynStore::with_watch(postgres), "postgres")),
         }
     }
     #[cfg(not(feature = "postgres"))]

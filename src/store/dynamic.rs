@@ -4,7 +4,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use super::{
     BeginOutcome, IdempotencyStore, KeyWatch, LeaseToken, ReplayTier, StoreError, StoreKey,
-    WatchKeys, SLOW_POLL,
+    WatchKeys,
 };
 use crate::{fingerprint::Fingerprint, response::CompletedRecord};
 
@@ -250,7 +250,7 @@ impl WatchKeys for DynStore {
     fn watch(&self, key: &StoreKey) -> KeyWatch {
         match &self.watcher {
             Some(watch) => watch(key),
-            None => KeyWatch::polling(SLOW_POLL),
+            None => KeyWatch::polling(crate::policy::DEFAULT_POLL),
         }
     }
 }

@@ -97,7 +97,7 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 max_entries: max_entries.max(1),
                 fence: AtomicU64::new(0),
-                waiters: KeyHub::new(true),
+                waiters: KeyHub::in_process(),
             }),
         }
     }

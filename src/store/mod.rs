@@ -25,8 +25,14 @@ mod watch;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_schema;
+#[cfg(feature = "postgres")]
+mod postgres_watch;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod redis_watch;
 mod replay_cache;
 mod tiered;
 
@@ -36,9 +42,10 @@ pub use key::StoreKey;
 pub use replay_cache::ReplayCache;
 pub use tiered::TieredStore;
 pub use token::{FencingToken, LeaseToken};
-#[cfg(feature = "memory")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use watch::Health;
+#[cfg(any(feature = "memory", feature = "redis", feature = "postgres"))]
 pub(crate) use watch::KeyHub;
-pub(crate) use watch::SLOW_POLL;
 pub use watch::{KeyWatch, WatchKeys};
 
 #[cfg(feature = "redis")]
@@ -49,7 +56,7 @@ pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use postgres::{PostgresStore, MIGRATION};
+pub use postgres::{PostgresStore, MIGRATION, MIGRATIONS};
 
 /// What [`IdempotencyStore::begin`] found, decided in one atomic step.
 #[derive(Debug, Clone, PartialEq, Eq)]

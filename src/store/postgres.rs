@@ -4,14 +4,15 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use sqlx::{postgres::PgRow, PgPool, Row};
 
-use super::{BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, StoreError, StoreKey};
+pub use super::postgres_schema::{MIGRATION, MIGRATIONS};
+use super::{
+    postgres_schema::schema_error, postgres_watch, BeginOutcome, FencingToken, IdempotencyStore,
+    KeyHub, KeyWatch, LeaseToken, StoreError, StoreKey, WatchKeys,
+};
 use crate::{
     fingerprint::Fingerprint,
     response::{CompletedRecord, DecodeError},
 };
-
-/// The schema, as shipped in `migrations/0001_idempotency_records.sql`.
-pub const MIGRATION: &str = include_str!("../../migrations/0001_idempotency_records.sql");
 
 /// How often `begin` retries when a concurrent insert was not yet visible to its snapshot.
 const BEGIN_ATTEMPTS: usize = 5;
@@ -39,6 +40,8 @@ const BEGIN_ATTEMPTS: usize = 5;
 pub struct PostgresStore {
     pool: PgPool,
     queries: Arc<Queries>,
+    /// The waiters of this process and the listener that wakes them (see [`WatchKeys`]).
+    hub: Option<Arc<KeyHub>>,
 }
 
 struct Queries {
@@ -47,10 +50,23 @@ struct Queries {
     release: String,
     renew: String,
     reap: String,
+    /// Marks keys in progress as waited on.
+    mark: String,
+    /// The channel `complete` and `release` notify on.
+    channel: String,
 }
 
 impl Queries {
     fn for_table(table: &str) -> Self {
+        let channel = format!("{table}_changed");
+        // Notifies, in the statement that changed the row, only when a process waits on it.
+        let notify = format!(
+            "SELECT count(*) AS changed,
+                    count(CASE WHEN waiting
+                          THEN (SELECT 1 FROM pg_notify('{channel}', encode(key, 'hex'))) END)
+                        AS notified
+             FROM changed"
+        );
         Self {
             begin: format!(
                 "WITH acquired AS (
@@ -75,15 +91,23 @@ impl Queries {
                 WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM acquired)"
             ),
             complete: format!(
-                "UPDATE {table}
-                 SET state = 'c', record = $3,
-                     expires_at = now() + $4 * interval '1 millisecond'
-                 WHERE key = $1 AND token = $2 AND (state = 'p' OR record = $3)
-                   AND expires_at > now()"
+                "WITH changed AS (
+                    UPDATE {table}
+                    SET state = 'c', record = $3,
+                        expires_at = now() + $4 * interval '1 millisecond'
+                    WHERE key = $1 AND token = $2 AND (state = 'p' OR record = $3)
+                      AND expires_at > now()
+                    RETURNING key, waiting
+                 ) {notify}"
             ),
+            // The lease ends now rather than the row going: a later holder keeps the mark of
+            // the processes still waiting on the key.
             release: format!(
-                "DELETE FROM {table}
-                 WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
+                "WITH changed AS (
+                    UPDATE {table} SET expires_at = now() - interval '1 millisecond'
+                    WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()
+                    RETURNING key, waiting
+                 ) {notify}"
             ),
             renew: format!(
                 "UPDATE {table} SET expires_at = now() + $3 * interval '1 millisecond'
@@ -94,6 +118,11 @@ impl Queries {
                     SELECT key FROM {table} WHERE expires_at <= now() LIMIT 10000
                  )"
             ),
+            mark: format!(
+                "UPDATE {table} SET waiting = true
+                 WHERE key = ANY($1) AND state = 'p' AND NOT waiting AND expires_at > now()"
+            ),
+            channel,
         }
     }
 }
@@ -105,20 +134,30 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Uses the `idempotency_records` table (see [`MIGRATION`]) through `pool`.
+    /// Uses the `idempotency_records` table (see [`MIGRATIONS`]) through `pool`. Within a
+    /// Tokio runtime, the store also listens (`LISTEN`, one pooled connection) for the changes
+    /// of keys its waiters wait on.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            queries: Arc::new(Queries::for_table("idempotency_records")),
-        }
+        let queries = Arc::new(Queries::for_table("idempotency_records"));
+        let hub = postgres_watch::spawn(
+            pool.clone(),
+            postgres_watch::Channel {
+                name: queries.channel.clone(),
+                mark: queries.mark.clone(),
+            },
+        );
+        Self { pool, queries, hub }
     }
 
-    /// Creates the table, its index and its fencing sequence if they do not exist.
+    /// Creates the table, its index, its fencing sequence and its `waiting` column where they
+    /// do not exist ([`MIGRATIONS`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::raw_sql(MIGRATION)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
+        for migration in MIGRATIONS {
+            sqlx::raw_sql(migration)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        }
         Ok(())
     }
 
@@ -154,6 +193,14 @@ impl PostgresStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Runs a token-checked statement that reports, as `changed`, how many rows it touched
+    /// (and notifies waiters); `true` when it touched the caller's row.
+    async fn changed_and_notified(&self, query: PgQuery<'_>) -> Result<bool, StoreError> {
+        let row = query.fetch_one(&self.pool).await.map_err(schema_error)?;
+        let changed: i64 = row.try_get("changed").map_err(StoreError::backend)?;
+        Ok(changed == 1)
     }
 }
 
@@ -232,7 +279,7 @@ impl IdempotencyStore for PostgresStore {
         record: &CompletedRecord,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.changed_one(
+        self.changed_and_notified(
             sqlx::query(&self.queries.complete)
                 .bind(&key.as_bytes()[..])
                 .bind(&token.to_bytes()[..])
@@ -243,7 +290,7 @@ impl IdempotencyStore for PostgresStore {
     }
 
     async fn release(&self, key: &StoreKey, token: &LeaseToken) -> Result<bool, StoreError> {
-        self.changed_one(
+        self.changed_and_notified(
             sqlx::query(&self.queries.release)
                 .bind(&key.as_bytes()[..])
                 .bind(&token.to_bytes()[..]),
@@ -264,5 +311,17 @@ impl IdempotencyStore for PostgresStore {
                 .bind(millis(lease)),
         )
         .await
+    }
+}
+
+/// Waiters are woken by `LISTEN`/`NOTIFY`: a waiting process marks the key's row, and
+/// `complete` and `release` notify, in the same statement, only for marked rows (see
+/// `migrations/0002_idempotency_waiting.sql`).
+impl WatchKeys for PostgresStore {
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        match &self.hub {
+            Some(hub) => hub.watch(key),
+            None => KeyWatch::polling(crate::policy::DEFAULT_POLL),
+        }
     }
 }

@@ -24,8 +24,10 @@ use redis::{
 };
 
 use super::{
-    error::Unreachable, BeginOutcome, FencingToken, IdempotencyStore, LeaseToken, ReplayTier,
-    StoreError, StoreKey,
+    error::Unreachable,
+    redis_watch::{self, Subscriber},
+    BeginOutcome, FencingToken, IdempotencyStore, KeyHub, KeyWatch, LeaseToken, ReplayTier,
+    StoreError, StoreKey, WatchKeys,
 };
 use crate::{
     fingerprint::Fingerprint,
@@ -60,25 +62,33 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, now[1] * 1000000 + now[2]}
 ";
 
-/// Store the response in place of the caller's in-progress record. The client sends the
-/// in-progress value it holds and the whole completed value (`c`, fingerprint, record), so the
-/// script compares and writes whole strings. Sending the same value again succeeds, so a
-/// `complete` whose reply was lost can be retried.
+/// Store the response in place of the caller's in-progress record, and wake the key's waiters
+/// (`PUBLISH` on the key's channel, `tower-idempotency:{<digest>}`; see `redis_watch`). The client sends the in-progress value
+/// it holds and the whole completed value (`c`, fingerprint, record), so the script compares
+/// and writes whole strings. Sending the same value again succeeds, so a `complete` whose reply
+/// was lost can be retried; the repeat writes too (the record's expiry), because `WAIT` counts
+/// only the replicas that have the writes of its own connection, and a repeat often comes over
+/// a new one (found by the protocol model, `model/`).
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.pcall('PUBLISH', 'tower-idempotency:' .. string.sub(KEYS[1], -66), '')
   return 1
 end
-if v == ARGV[2] then return 1 end
+if v == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
 return 0
 ";
 
-/// Delete the caller's in-progress record.
+/// Delete the caller's in-progress record, and wake the key's waiters: one of them acquires.
 const RELEASE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v or string.byte(v, 1) ~= 112 or string.sub(v, 18) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.pcall('PUBLISH', 'tower-idempotency:' .. string.sub(KEYS[1], -66), '')
 return 1
 ";
 
@@ -115,12 +125,27 @@ struct Scripts {
     put_completed: Script,
 }
 
+/// How `complete` and `release` wake waiters: `PUBLISH` on one server; on a cluster
+/// `SPUBLISH`, which keeps the message on the key's shard instead of every node (Redis 7.0+;
+/// called with `pcall`, so an older server completes and releases all the same, and its
+/// waiters poll). A notification never fails a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Plain,
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+    Sharded,
+}
+
 impl Scripts {
-    fn new() -> Self {
+    fn new(publish: Publish) -> Self {
+        let publishing = |source: &str| match publish {
+            Publish::Plain => Script::new(source),
+            Publish::Sharded => Script::new(&source.replace("'PUBLISH'", "'SPUBLISH'")),
+        };
         Self {
             begin: Script::new(BEGIN),
-            complete: Script::new(COMPLETE),
-            release: Script::new(RELEASE),
+            complete: publishing(COMPLETE),
+            release: publishing(RELEASE),
             renew: Script::new(RENEW),
             peek: Script::new(PEEK),
             put_completed: Script::new(PUT_COMPLETED),
@@ -164,6 +189,9 @@ pub struct RedisStore<C = ConnectionManager> {
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
     replica_acks: Option<ReplicaAcks>,
+    /// The waiters of this process and the subscriber that wakes them, when the store made
+    /// its own connection (see [`WatchKeys`]).
+    hub: Option<Arc<KeyHub>>,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -171,6 +199,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("replica_acks", &self.replica_acks)
+            .field("notifications", &self.hub.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -186,7 +215,7 @@ impl RedisStore<ConnectionManager> {
         // The address alone: the URL may carry a password.
         let addr = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new().set_response_timeout(None);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|error| {
                 StoreError::backend(Unreachable {
@@ -195,8 +224,11 @@ impl RedisStore<ConnectionManager> {
                     source: error.into(),
                 })
             })?;
-        let store = Self::new(conn);
+        let mut store = Self::new(conn);
         store.load_scripts().await?;
+        store.hub = redis_watch::resp3(&client)
+            .ok()
+            .and_then(|client| redis_watch::spawn(Subscriber::Server(client)));
         Ok(store)
     }
 }
@@ -218,13 +250,16 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
         nodes: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<Self, StoreError> {
         let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
-        let client = redis::cluster::ClusterClient::new(nodes).map_err(StoreError::backend)?;
+        let client =
+            redis::cluster::ClusterClient::new(nodes.clone()).map_err(StoreError::backend)?;
         let conn = client
             .get_async_connection()
             .await
             .map_err(StoreError::backend)?;
-        let store = Self::new(conn);
+        let mut store = Self::new(conn);
+        store.scripts = Arc::new(Scripts::new(Publish::Sharded));
         store.load_scripts().await?;
+        store.hub = redis_watch::spawn(Subscriber::Cluster(nodes));
         Ok(store)
     }
 }
@@ -239,8 +274,9 @@ where
         Self {
             conn,
             prefix: Arc::from(DEFAULT_PREFIX),
-            scripts: Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new(Publish::Plain)),
             replica_acks: None,
+            hub: None,
         }
     }
 
@@ -619,6 +655,22 @@ where
         call.arg(&token.to_bytes()[..]).arg(millis(lease));
         let reply = self.invoke(script, call, true).await?;
         parse_confirmed_flag("renew", reply)
+    }
+}
+
+/// Waiters are woken by pub/sub when the store was made by [`RedisStore::connect`] or
+/// [`RedisStore::connect_cluster`] (one subscriber connection per store, shared by every
+/// waiter of the process). A store made by [`RedisStore::new`] from a connection of yours has
+/// no subscriber: its waiters poll.
+impl<C> WatchKeys for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn watch(&self, key: &StoreKey) -> KeyWatch {
+        match &self.hub {
+            Some(hub) => hub.watch(key),
+            None => KeyWatch::polling(crate::policy::DEFAULT_POLL),
+        }
     }
 }
 

@@ -59,14 +59,15 @@ impl fmt::Debug for LeaseToken {
 ///
 /// A handler can pass it to its own database and refuse writes carrying a smaller token than one
 /// already seen: a request that lost its lease (a long pause, a partition) and woke up after
-/// another took over then cannot land a stale write.
+/// another took over then cannot land a stale write after the newer one. (It cannot undo a
+/// stale write that landed first: the newer holder's write is accepted too.)
 ///
 /// ```
 /// use tower_idempotency::FencingToken;
 ///
 /// fn handler(req: http::Request<()>) {
 ///     if let Some(token) = req.extensions().get::<FencingToken>() {
-///         // e.g. UPDATE orders SET ... WHERE fence < $token
+///         // e.g. UPDATE orders SET ..., fence = $token WHERE id = $id AND fence <= $token
 ///         let _ = token.get();
 ///     }
 /// }

@@ -4,19 +4,16 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{IdempotencyStore, StoreKey};
 
 /// How often a waiter looks at the store itself while notifications are broken.
-pub(crate) const SLOW_POLL: Duration = Duration::from_millis(250);
+const SLOW_POLL: Duration = Duration::from_millis(250);
 
 /// The ability to wake the requests that wait on a key (under
 /// [`ConflictPolicy::Wait`](crate::ConflictPolicy::Wait)) the moment it is completed or
@@ -38,15 +35,34 @@ pub struct KeyWatch {
 }
 
 enum Kind {
-    /// Woken by the hub; `poll` when the hub's notifications were broken at subscription.
+    /// Woken by the hub; polls while the hub's notifications are broken.
     Hub {
-        changes: watch::Receiver<u64>,
-        health: watch::Receiver<bool>,
+        changes: watch::Receiver<KeyState>,
+        health: watch::Receiver<Health>,
         hub: Arc<KeyHub>,
         key: StoreKey,
     },
     /// No notifications: the waiter looks again every `interval`.
     Polling { interval: Duration },
+}
+
+/// What a key's channel says: how often it changed, and whether the store delivers its
+/// changes yet (a remote subscription is confirmed after the waiter subscribed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyState {
+    changes: u64,
+    subscribed: bool,
+}
+
+/// Whether a hub's notifications reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// The subscriber connection is being made for the first time.
+    Connecting,
+    /// Every watched key's changes arrive.
+    Up,
+    /// The subscriber connection broke: changes may be missed, waiters poll.
+    Down,
 }
 
 impl fmt::Debug for KeyWatch {
@@ -68,21 +84,41 @@ impl KeyWatch {
     /// notifications).
     pub fn polling(interval: Duration) -> Self {
         Self {
-            kind: Kind::Polling { interval },
+            kind: Kind::Polling {
+                interval: interval.max(MIN_POLL),
+            },
         }
     }
 
     /// How often the waiter must look at the store itself: `None` while notifications work.
     pub fn poll(&self) -> Option<Duration> {
         match &self.kind {
-            Kind::Hub { health, .. } => (!*health.borrow()).then_some(SLOW_POLL),
+            Kind::Hub { health, .. } => (*health.borrow() != Health::Up).then_some(SLOW_POLL),
             Kind::Polling { interval } => Some(*interval),
         }
     }
 
+    /// Resolves once the store delivers this key's changes (a remote subscription is
+    /// confirmed), or its notifications are broken. The waiter looks at the key only after
+    /// this, so a change between that look and the wait cannot be missed.
+    pub(crate) async fn ready(&mut self) {
+        if let Kind::Hub {
+            changes, health, ..
+        } = &mut self.kind
+        {
+            tokio::select! {
+                // An error: the sender went with its hub; nothing will come, the waiter polls.
+                _ = changes.wait_for(|state| state.subscribed) => {}
+                _ = health.wait_for(|health| *health == Health::Down) => {}
+            }
+            // The waiter looks at the key next: a change of health until now is no news.
+            health.borrow_and_update();
+        }
+    }
+
     /// Resolves when the key changed since the subscription (or since the last time this
-    /// resolved), or when notifications broke (then [`poll`](Self::poll) says how to go on).
-    /// A polling watch never resolves.
+    /// resolved), or when the notifications broke or came back (then [`poll`](Self::poll)
+    /// says how to go on). A polling watch never resolves.
     pub async fn changed(&mut self) {
         match &mut self.kind {
             Kind::Hub {
@@ -91,7 +127,7 @@ impl KeyWatch {
                 tokio::select! {
                     // A sender dropped with its hub: nothing will ever come; let the waiter poll.
                     changed = changes.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                    _ = health.changed() => {}
+                    changed = health.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 }
             }
             Kind::Polling { .. } => std::future::pending().await,
@@ -107,37 +143,57 @@ impl Drop for KeyWatch {
     }
 }
 
+/// The shortest polling interval: a zero interval would spin.
+const MIN_POLL: Duration = Duration::from_millis(1);
+
 /// The keys this process waits on, each with a channel that counts its changes, and whether
 /// the notifications that feed them work.
 pub(crate) struct KeyHub {
-    keys: Mutex<HashMap<StoreKey, watch::Sender<u64>>>,
-    healthy: AtomicBool,
-    health: watch::Sender<bool>,
+    keys: Mutex<HashMap<StoreKey, watch::Sender<KeyState>>>,
+    health: watch::Sender<Health>,
+    /// Where a remote hub reports the keys whose watchers came or went, for its subscriber to
+    /// subscribe or unsubscribe; `None` in process, where every key is delivered at once.
+    subscriptions: Option<mpsc::UnboundedSender<StoreKey>>,
 }
 
 impl fmt::Debug for KeyHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyHub")
             .field("keys", &self.lock().len())
-            .field("healthy", &self.healthy.load(Ordering::Relaxed))
+            .field("health", &*self.health.borrow())
             .finish()
     }
 }
 
 // Used by the stores that notify; without any of them only the trait remains.
-#[cfg_attr(not(feature = "memory"), allow(dead_code))]
+#[cfg_attr(
+    not(all(feature = "memory", any(feature = "redis", feature = "postgres"))),
+    allow(dead_code)
+)]
 impl KeyHub {
-    /// A hub whose notifications work from the start (in process), or not yet (a subscriber
-    /// connection still to be made).
-    pub(crate) fn new(healthy: bool) -> Arc<Self> {
+    /// A hub fed in process: every change is delivered the moment it is made.
+    pub(crate) fn in_process() -> Arc<Self> {
         Arc::new(Self {
             keys: Mutex::new(HashMap::new()),
-            healthy: AtomicBool::new(healthy),
-            health: watch::Sender::new(healthy),
+            health: watch::Sender::new(Health::Up),
+            subscriptions: None,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<StoreKey, watch::Sender<u64>>> {
+    /// A hub fed by a subscriber connection: it gets, through the receiver, each key whose
+    /// watchers came or went, subscribes or unsubscribes, and then confirms
+    /// ([`confirm`](Self::confirm)) and reports its health.
+    pub(crate) fn remote() -> (Arc<Self>, mpsc::UnboundedReceiver<StoreKey>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            keys: Mutex::new(HashMap::new()),
+            health: watch::Sender::new(Health::Connecting),
+            subscriptions: Some(sender),
+        });
+        (hub, receiver)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<StoreKey, watch::Sender<KeyState>>> {
         // Every change is one map operation: a panic elsewhere cannot leave it half-done.
         self.keys
             .lock()
@@ -146,11 +202,20 @@ impl KeyHub {
 
     /// A subscription to `key`.
     pub(crate) fn watch(self: &Arc<Self>, key: &StoreKey) -> KeyWatch {
-        let changes = self
-            .lock()
-            .entry(*key)
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe();
+        let changes = {
+            let mut keys = self.lock();
+            let changes = keys.entry(*key).or_insert_with(|| {
+                if let Some(subscriptions) = &self.subscriptions {
+                    // The subscriber is gone only with the store's last handle.
+                    let _ = subscriptions.send(*key);
+                }
+                watch::Sender::new(KeyState {
+                    changes: 0,
+                    subscribed: self.subscriptions.is_none(),
+                })
+            });
+            changes.subscribe()
+        };
         KeyWatch {
             kind: Kind::Hub {
                 changes,
@@ -164,18 +229,38 @@ impl KeyHub {
     /// Wakes everyone waiting on `key`.
     pub(crate) fn notify(&self, key: &StoreKey) {
         if let Some(changes) = self.lock().get(key) {
-            changes.send_modify(|count| *count = count.wrapping_add(1));
+            changes.send_modify(|state| state.changes = state.changes.wrapping_add(1));
         }
     }
 
-    /// Whether the notifications work: while they do not, waiters poll; when they break,
-    /// every waiter is woken to look (a change may have been missed). For notifications that
-    /// travel over a connection that can break; `MemoryStore`'s cannot.
-    #[allow(dead_code)] // no store's notifications can break yet (Redis pub/sub is to come)
-    pub(crate) fn set_healthy(&self, healthy: bool) {
-        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            self.health.send_replace(healthy);
+    /// Whether anyone waits on `key`.
+    pub(crate) fn is_watched(&self, key: &StoreKey) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    /// Every key waited on.
+    pub(crate) fn watched(&self) -> Vec<StoreKey> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// The store now delivers these keys' changes: their waiters may look at them and wait.
+    pub(crate) fn confirm(&self, keys: &[StoreKey]) {
+        let map = self.lock();
+        for key in keys {
+            if let Some(changes) = map.get(key) {
+                changes.send_if_modified(|state| !std::mem::replace(&mut state.subscribed, true));
+            }
         }
+    }
+
+    /// Whether the notifications reach the hub: while they do not, waiters poll; when they
+    /// break or come back, every waiter is woken to look (a change may have been missed).
+    pub(crate) fn set_health(&self, health: Health) {
+        self.health.send_if_modified(|current| {
+            let changed = *current != health;
+            *current = health;
+            changed
+        });
     }
 
     /// Drops `key`'s channel once its last watcher is gone (called by that watcher, which
@@ -187,6 +272,9 @@ impl KeyHub {
             .is_some_and(|changes| changes.receiver_count() <= 1)
         {
             keys.remove(key);
+            if let Some(subscriptions) = &self.subscriptions {
+                let _ = subscriptions.send(*key);
+            }
         }
     }
 }
@@ -201,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_after_subscribing_is_never_missed() {
-        let hub = KeyHub::new(true);
+        let hub = KeyHub::in_process();
         let mut watch = hub.watch(&key(1));
         // The change lands before the waiter awaits: it is still seen.
         hub.notify(&key(1));
@@ -213,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_keys_do_not_wake_and_channels_are_forgotten() {
-        let hub = KeyHub::new(true);
+        let hub = KeyHub::in_process();
         let mut watch = hub.watch(&key(1));
         let other = hub.watch(&key(2));
         hub.notify(&key(2));
@@ -226,14 +314,52 @@ mod tests {
 
     #[tokio::test]
     async fn broken_notifications_wake_everyone_to_poll() {
-        let hub = KeyHub::new(true);
+        let hub = KeyHub::in_process();
         let mut watch = hub.watch(&key(1));
-        hub.set_healthy(false);
+        hub.set_health(Health::Down);
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .expect("woken");
         assert_eq!(watch.poll(), Some(SLOW_POLL));
-        hub.set_healthy(true);
+        hub.set_health(Health::Up);
         assert_eq!(hub.watch(&key(1)).poll(), None);
+    }
+
+    #[tokio::test]
+    async fn a_remote_key_is_ready_once_its_subscription_is_confirmed() {
+        let (hub, mut subscriptions) = KeyHub::remote();
+        hub.set_health(Health::Up);
+        let mut watch = hub.watch(&key(1));
+        assert_eq!(subscriptions.recv().await, Some(key(1)));
+        let early = tokio::time::timeout(Duration::from_millis(20), watch.ready()).await;
+        assert!(
+            early.is_err(),
+            "ready before the subscription was confirmed"
+        );
+        hub.confirm(&[key(1)]);
+        tokio::time::timeout(Duration::from_secs(5), watch.ready())
+            .await
+            .expect("ready");
+        // The confirmation itself is no change of the key.
+        let woken = tokio::time::timeout(Duration::from_millis(20), watch.changed()).await;
+        assert!(woken.is_err(), "the confirmation woke the waiter");
+        drop(watch);
+        assert_eq!(
+            subscriptions.recv().await,
+            Some(key(1)),
+            "the last watcher left"
+        );
+        assert!(!hub.is_watched(&key(1)));
+    }
+
+    #[tokio::test]
+    async fn a_remote_key_waits_no_longer_than_the_notifications_work() {
+        let (hub, _subscriptions) = KeyHub::remote();
+        let mut watch = hub.watch(&key(1));
+        hub.set_health(Health::Down);
+        tokio::time::timeout(Duration::from_secs(5), watch.ready())
+            .await
+            .expect("ready: the waiter polls");
+        assert_eq!(watch.poll(), Some(SLOW_POLL));
     }
 }

@@ -1,0 +1,167 @@
+//! The PostgreSQL store's notifications: `LISTEN` on one connection per store, and `pg_notify`
+//! only for keys someone waits on.
+//!
+//! `NOTIFY` serialises the commits of every notifying transaction on a database-wide lock, so a
+//! notification on every completion would cap first executions. Instead a waiting process
+//! marks the key's row (`waiting`), and `complete` and `release` notify, in the same statement,
+//! only when their row is marked. The mark is the waiter's subscription: the row lock orders it
+//! against the completion, so either the completion sees the mark and notifies, or the mark
+//! finds the key no longer in progress and the waiter's next look sees the outcome.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use sqlx::{postgres::PgListener, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Health, KeyHub, StoreKey};
+use crate::hex;
+
+/// How long the listener waits before trying again after a failure, at first and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the store's notifications need: where to listen and how to mark a key waited on.
+pub(super) struct Channel {
+    /// The channel `complete` and `release` notify on, with the key's digest in hex.
+    pub(super) name: String,
+    /// Marks keys (`$1`, a `bytea[]`) in progress as waited on.
+    pub(super) mark: String,
+}
+
+/// Starts the store's listener and marker, and returns the hub its waiters watch. `None`
+/// outside a Tokio runtime (the store then has no notifications).
+pub(super) fn spawn(pool: PgPool, channel: Channel) -> Option<Arc<KeyHub>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (hub, keys) = KeyHub::remote();
+    let (stop, stopped) = oneshot::channel();
+    runtime.spawn(listen(
+        Arc::downgrade(&hub),
+        pool.clone(),
+        channel.name,
+        stopped,
+    ));
+    runtime.spawn(mark(Arc::downgrade(&hub), pool, channel.mark, keys, stop));
+    Some(hub)
+}
+
+/// Hands every notification to the key's waiters; while the connection is lost, the waiters
+/// poll, and once it is back they all look again (a change may have been missed).
+async fn listen(
+    hub: Weak<KeyHub>,
+    pool: PgPool,
+    channel: String,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut retry = RETRY_FIRST;
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let Some(live) = &mut listener else {
+            let connected = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(&channel).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let result = tokio::select! {
+                result = connected => result,
+                _ = &mut stopped => return,
+            };
+            match result {
+                Ok(live) => {
+                    listener = Some(live);
+                    retry = RETRY_FIRST;
+                    set_health(&hub, Health::Up);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency: the PostgreSQL listener cannot connect; waiters poll");
+                    set_health(&hub, Health::Down);
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        _ = &mut stopped => return,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+            continue;
+        };
+        let received = tokio::select! {
+            received = live.try_recv() => received,
+            _ = &mut stopped => return,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                let key = hex::decode32(notification.payload().as_bytes());
+                match (hub.upgrade(), key) {
+                    (Some(hub), Some(key)) => hub.notify(&StoreKey::from_bytes(key)),
+                    (None, _) => return,
+                    (Some(_), None) => {}
+                }
+            }
+            // The connection was lost and is back, listening again: wake every waiter to look.
+            Ok(None) => {
+                set_health(&hub, Health::Down);
+                set_health(&hub, Health::Up);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "idempotency: the PostgreSQL listener failed");
+                set_health(&hub, Health::Down);
+                listener = None;
+            }
+        }
+    }
+}
+
+fn set_health(hub: &Weak<KeyHub>, health: Health) {
+    if let Some(hub) = hub.upgrade() {
+        hub.set_health(health);
+    }
+}
+
+/// Marks the rows of keys that gained a waiter, then lets their waiters look and wait.
+/// Dropping `stop` (when the store is gone) ends the listener too.
+async fn mark(
+    hub: Weak<KeyHub>,
+    pool: PgPool,
+    statement: String,
+    mut keys: mpsc::UnboundedReceiver<StoreKey>,
+    _stop: oneshot::Sender<()>,
+) {
+    while let Some(key) = keys.recv().await {
+        let mut batch = vec![key];
+        while let Ok(key) = keys.try_recv() {
+            batch.push(key);
+        }
+        let mut retry = RETRY_FIRST;
+        loop {
+            let Some(strong) = hub.upgrade() else {
+                return;
+            };
+            // Keys whose watchers already left need nothing.
+            batch.retain(|key| strong.is_watched(key));
+            batch.dedup();
+            drop(strong);
+            if batch.is_empty() {
+                break;
+            }
+            let digests: Vec<Vec<u8>> = batch.iter().map(|k| k.as_bytes().to_vec()).collect();
+            match sqlx::query(&statement).bind(digests).execute(&pool).await {
+                Ok(_) => {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.confirm(&batch);
+                    }
+                    break;
+                }
+                Err(error) => {
+                    // Unmarked, a completion would not notify: the waiters wait for the mark
+                    // (or their timeout), never for a wake-up that cannot come.
+                    let error = super::postgres_schema::schema_error(error);
+                    tracing::debug!(%error, "idempotency: marking keys waited on failed");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
