@@ -92,3 +92,7 @@ cargo test --all-features
 
 echo "==> the protocol model (stateright, exhaustive to the depths in model/README.md)"
 cargo test -p protocol-model
+
+echo "==> MemoryStore and the waiters' wake-ups under shuttle (--cfg shuttle, its own target dir)"
+RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/shuttle" \
+  cargo test --features memory --test shuttle

@@ -139,6 +139,7 @@ mod retry_after;
 mod scope;
 mod service;
 mod store;
+mod sync;
 mod tee;
 
 pub use body::{RequestBody, ResponseBody};

@@ -1,13 +1,6 @@
 //! A bounded, expiring store in this process's memory.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -15,7 +8,11 @@ use super::{
     eviction::EvictionQueue, BeginOutcome, FencingToken, IdempotencyStore, KeyHub, KeyWatch,
     LeaseToken, ReplayTier, StoreError, StoreKey, WatchKeys,
 };
-use crate::{fingerprint::Fingerprint, response::CompletedRecord};
+use crate::{
+    fingerprint::Fingerprint,
+    response::CompletedRecord,
+    sync::{AtomicU64, Mutex, MutexGuard, Ordering},
+};
 
 /// The default bound on live records.
 const DEFAULT_MAX_ENTRIES: usize = 100_000;

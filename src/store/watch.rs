@@ -1,16 +1,12 @@
 //! Waking waiters when a key changes: the ability of a store to say so, and the in-process hub
 //! that hands each change to the requests waiting on that key.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, watch};
 
 use super::{IdempotencyStore, StoreKey};
+use crate::sync::{Mutex, MutexGuard};
 
 /// How often a waiter looks at the store itself while notifications are broken.
 const SLOW_POLL: Duration = Duration::from_millis(250);
@@ -101,7 +97,7 @@ impl KeyWatch {
     /// Resolves once the store delivers this key's changes (a remote subscription is
     /// confirmed), or its notifications are broken. The waiter looks at the key only after
     /// this, so a change between that look and the wait cannot be missed.
-    pub(crate) async fn ready(&mut self) {
+    pub async fn ready(&mut self) {
         if let Kind::Hub {
             changes, health, ..
         } = &mut self.kind
