@@ -27,11 +27,20 @@ pub(crate) async fn with_renewal<St: IdempotencyStore, F: Future>(
     token: &LeaseToken,
     handler: F,
 ) -> F::Output {
-    tokio::pin!(handler);
+    while_renewing(handler, keep_renewed(store, config, key, token)).await
+}
+
+/// Drives `work` while `renewal` runs; once the lease is lost (`renewal` returned), `work`
+/// goes on alone (its store calls are token-checked).
+pub(crate) async fn while_renewing<F: Future>(
+    work: F,
+    renewal: impl Future<Output = ()>,
+) -> F::Output {
+    tokio::pin!(work);
     tokio::select! {
         biased;
-        output = &mut handler => output,
-        () = keep_renewed(store, config, key, token) => handler.await,
+        output = &mut work => output,
+        () = renewal => work.await,
     }
 }
 
@@ -43,7 +52,28 @@ pub(crate) async fn keep_renewed<St: IdempotencyStore>(
     token: &LeaseToken,
 ) {
     let period = (config.lease_ttl / 3).max(MIN_PERIOD);
-    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    renew_every(store, config, key, token, Instant::now() + period).await;
+}
+
+/// [`keep_renewed`], with a first renewal at once: for a lease that may be near its end.
+pub(crate) async fn keep_renewed_from_now<St: IdempotencyStore>(
+    store: &St,
+    config: &Config,
+    key: &StoreKey,
+    token: &LeaseToken,
+) {
+    renew_every(store, config, key, token, Instant::now()).await;
+}
+
+async fn renew_every<St: IdempotencyStore>(
+    store: &St,
+    config: &Config,
+    key: &StoreKey,
+    token: &LeaseToken,
+    first: Instant,
+) {
+    let period = (config.lease_ttl / 3).max(MIN_PERIOD);
+    let mut ticker = tokio::time::interval_at(first, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -16,7 +16,7 @@ use crate::{
     frames::Frames,
     guard::ReleaseGuard,
     in_progress::InProgressPermit,
-    lease::{keep_renewed, timed},
+    lease::{keep_renewed, keep_renewed_from_now, timed, while_renewing},
     outcome::Outcome,
     problems::{Dialect, Problem},
     record_when::Verdict,
@@ -360,14 +360,33 @@ const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Writes a record whose `complete` failed (a store outage, a failover) until it lands, the
-/// store refuses it, or a lease's length has gone by. Token-checked like every `complete`: once
-/// the lease is over, it can only fail.
+/// store refuses it, or a lease's length has gone by, renewing the lease meanwhile: a lease that
+/// ran out under a record on its way would let a retry run the handler again (the simulation in
+/// `tests/simulation.rs` found most second runs there). Token-checked like every `complete`:
+/// once the lease is lost, it can only fail.
 async fn record_later<St: IdempotencyStore>(
     shared: Arc<Shared<St>>,
     key: StoreKey,
     token: LeaseToken,
     fingerprint: Fingerprint,
     record: CompletedRecord,
+    permit: Option<InProgressPermit>,
+) {
+    let (store, config): (&St, &Config) = (&shared.store, &shared.config);
+    let retries = retry_complete(&shared, &key, &token, &fingerprint, &record, permit);
+    // At once: the handler's last renewal may be a third of a lease ago, and the failed
+    // `complete` took up to a store timeout.
+    let renewal = keep_renewed_from_now(store, config, &key, &token);
+    while_renewing(retries, renewal).await;
+}
+
+/// The retries of [`record_later`].
+async fn retry_complete<St: IdempotencyStore>(
+    shared: &Shared<St>,
+    key: &StoreKey,
+    token: &LeaseToken,
+    fingerprint: &Fingerprint,
+    record: &CompletedRecord,
     _permit: Option<InProgressPermit>,
 ) {
     let (store, config): (&St, &Config) = (&shared.store, &shared.config);
@@ -378,11 +397,11 @@ async fn record_later<St: IdempotencyStore>(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RECORD_RETRY_MAX);
         attempts += 1;
-        let call = store.complete(&key, &token, &fingerprint, &record, config.result_ttl);
+        let call = store.complete(key, token, fingerprint, record, config.result_ttl);
         match timed(config.store_timeout, call).await {
             Ok(true) => {
                 tracing::info!(attempts, "idempotency: recorded after retrying");
-                config.observe(recorded(&record));
+                config.observe(recorded(record));
                 return;
             }
             Ok(false) => return lease_lost_before_completion(config),
