@@ -10,8 +10,9 @@ use super::StoreError;
 pub const MIGRATION: &str = include_str!("../../migrations/0001_idempotency_records.sql");
 
 /// Every migration, in order, as shipped in `migrations/`: the table, then (0.2) its `waiting`
-/// column, which wakes waiters without polling. [`PostgresStore::migrate`] runs them all; each
-/// is safe to run twice. Ship them with your own migrations, or call `migrate`.
+/// column, which wakes waiters without polling.
+/// [`PostgresStore::migrate`](crate::PostgresStore::migrate) runs them all; each is safe to run
+/// twice. Ship them with your own migrations, or call `migrate`.
 pub const MIGRATIONS: [&str; 2] = [
     MIGRATION,
     include_str!("../../migrations/0002_idempotency_waiting.sql"),
