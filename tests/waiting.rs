@@ -203,6 +203,57 @@ async fn waiters_finish_when_the_redis_subscriber_is_killed() {
     assert_eq!(handler.executions(), 1);
 }
 
+/// The PostgreSQL store listens only once a request waits, and on a connection of its own: a
+/// store on a pool of one connection still makes its statements while its listener listens.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_listener_comes_with_the_first_waiter_and_is_not_the_pools() {
+    let (_, pg) = common::postgres_store().await;
+    let admin = sqlx::PgPool::connect(pg.url()).await.expect("connect");
+    let listeners = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(pg.url())
+        .await
+        .expect("connect");
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(tower_idempotency::PostgresStore::new(pool));
+    let svc = handler.service(layer.with_wait(DEADLINE));
+    for n in 0..3 {
+        let answer = send(&svc, post("/orders", Some(&format!("k{n}")), "{}")).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+    }
+    assert!(listeners().await.is_empty(), "a listener before any wait");
+
+    let first = tokio::spawn(send(&svc, post("/gated", Some("g"), "{}")));
+    eventually("the first request to run", || handler.executions() == 4).await;
+    let waiter = tokio::spawn(send(&svc, post("/gated", Some("g"), "{}")));
+    let deadline = Instant::now() + DEADLINE;
+    while listeners().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no listener while a request waits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The pool's one connection is still the statements': the other keys replay meanwhile.
+    let replay = send(&svc, post("/orders", Some("k0"), "{}")).await;
+    assert!(replay.replayed(), "{}", replay.text());
+    handler.open_gate();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    let waited = waiter.await.unwrap();
+    assert!(waited.replayed(), "{}", waited.text());
+    assert_eq!(handler.executions(), 4);
+}
+
 /// The PostgreSQL listener's backend terminated while duplicates wait: they poll until the
 /// listener is back, and every one of them finishes with the replay.
 #[cfg(feature = "postgres")]

@@ -135,8 +135,10 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Uses the `idempotency_records` table (see [`MIGRATIONS`]) through `pool`. Within a
-    /// Tokio runtime, the store also listens (`LISTEN`, one pooled connection) for the changes
-    /// of keys its waiters wait on.
+    /// Tokio runtime, once a request first waits on a key (under
+    /// [`ConflictPolicy::Wait`](crate::ConflictPolicy::Wait)), the store also listens for the
+    /// changes of keys its waiters wait on, on one connection of its own (`LISTEN`, made with the
+    /// pool's options, not taken from the pool).
     pub fn new(pool: PgPool) -> Self {
         let queries = Arc::new(Queries::for_table("idempotency_records"));
         let hub = postgres_watch::spawn(

@@ -1,5 +1,5 @@
-//! The PostgreSQL store's notifications: `LISTEN` on one connection per store, and `pg_notify`
-//! only for keys someone waits on.
+//! The PostgreSQL store's notifications: `LISTEN` on one connection per store (its own, opened
+//! when a key is first waited on), and `pg_notify` only for keys someone waits on.
 //!
 //! `NOTIFY` serialises the commits of every notifying transaction on a database-wide lock, so a
 //! notification on every completion would cap first executions. Instead a waiting process
@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    PgPool,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Health, KeyHub, StoreKey};
@@ -31,19 +34,35 @@ pub(super) struct Channel {
     pub(super) mark: String,
 }
 
-/// Starts the store's listener and marker, and returns the hub its waiters watch. `None`
-/// outside a Tokio runtime (the store then has no notifications).
+/// Starts the store's marker, and the listener once a key is first waited on, and returns the
+/// hub its waiters watch. `None` outside a Tokio runtime (the store then has no notifications).
+///
+/// The listener's connection is its own, made with the pool's options: held for the store's
+/// life, a pooled one would leave the application's statements one connection short; and a
+/// store whose requests never wait (the default policy) opens none.
 pub(super) fn spawn(pool: PgPool, channel: Channel) -> Option<Arc<KeyHub>> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let (hub, keys) = KeyHub::remote();
     let (stop, stopped) = oneshot::channel();
+    let (start, started) = oneshot::channel();
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(PgConnectOptions::clone(&pool.connect_options()));
     runtime.spawn(listen(
         Arc::downgrade(&hub),
-        pool.clone(),
+        own,
         channel.name,
+        started,
         stopped,
     ));
-    runtime.spawn(mark(Arc::downgrade(&hub), pool, channel.mark, keys, stop));
+    runtime.spawn(mark(
+        Arc::downgrade(&hub),
+        pool,
+        channel.mark,
+        keys,
+        start,
+        stop,
+    ));
     Some(hub)
 }
 
@@ -53,8 +72,14 @@ async fn listen(
     hub: Weak<KeyHub>,
     pool: PgPool,
     channel: String,
+    started: oneshot::Receiver<()>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    // Nothing to listen for until a key is waited on; an error: the store is gone.
+    tokio::select! {
+        start = started => if start.is_err() { return },
+        _ = &mut stopped => return,
+    }
     let mut retry = RETRY_FIRST;
     let mut listener: Option<PgListener> = None;
     loop {
@@ -119,16 +144,22 @@ fn set_health(hub: &Weak<KeyHub>, health: Health) {
     }
 }
 
-/// Marks the rows of keys that gained a waiter, then lets their waiters look and wait.
-/// Dropping `stop` (when the store is gone) ends the listener too.
+/// Marks the rows of keys that gained a waiter, then lets their waiters look and wait; starts
+/// the listener with the first one. Dropping `stop` (when the store is gone) ends the listener
+/// too.
 async fn mark(
     hub: Weak<KeyHub>,
     pool: PgPool,
     statement: String,
     mut keys: mpsc::UnboundedReceiver<StoreKey>,
+    start: oneshot::Sender<()>,
     _stop: oneshot::Sender<()>,
 ) {
+    let mut start = Some(start);
     while let Some(key) = keys.recv().await {
+        if let Some(start) = start.take() {
+            let _ = start.send(());
+        }
         let mut batch = vec![key];
         while let Ok(key) = keys.try_recv() {
             batch.push(key);

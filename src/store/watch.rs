@@ -95,16 +95,24 @@ impl KeyWatch {
     }
 
     /// Resolves once the store delivers this key's changes (a remote subscription is
-    /// confirmed), or its notifications are broken. The waiter looks at the key only after
+    /// confirmed and its connection is up), or its notifications are broken. The waiter looks at the key only after
     /// this, so a change between that look and the wait cannot be missed.
     pub async fn ready(&mut self) {
         if let Kind::Hub {
             changes, health, ..
         } = &mut self.kind
         {
-            tokio::select! {
+            let mut connected = health.clone();
+            let delivered = async {
                 // An error: the sender went with its hub; nothing will come, the waiter polls.
-                _ = changes.wait_for(|state| state.subscribed) => {}
+                let _ = changes.wait_for(|state| state.subscribed).await;
+                // A listener started by this very wait may still be connecting.
+                let _ = connected
+                    .wait_for(|health| *health != Health::Connecting)
+                    .await;
+            };
+            tokio::select! {
+                () = delivered => {}
                 _ = health.wait_for(|health| *health == Health::Down) => {}
             }
             // The waiter looks at the key next: a change of health until now is no news.
