@@ -48,6 +48,42 @@ async fn the_reaper_deletes_expired_rows_and_reads_ignore_them_before() {
     assert_eq!(handler.executions(), 4);
 }
 
+/// A replay, and a duplicate refused while the first runs, only read: no row lock, no WAL (before,
+/// the statement's `ON CONFLICT DO UPDATE` locked the row, 56 bytes of WAL and a commit flush each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_and_refused_duplicates_write_nothing() {
+    let (store, pg) = common::postgres_store().await;
+    let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    let first = send(&svc, post("/orders", Some("k"), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let running = tokio::spawn(send(&svc, post("/gated", Some("g"), "{}")));
+    common::eventually("the gated request to run", || handler.executions() == 2).await;
+
+    let wal = || async {
+        sqlx::query_scalar::<_, i64>("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = wal().await;
+    for _ in 0..50 {
+        assert!(send(&svc, post("/orders", Some("k"), "{}"))
+            .await
+            .replayed());
+        send(&svc, post("/gated", Some("g"), "{}"))
+            .await
+            .assert_problem(StatusCode::CONFLICT, "in-progress");
+    }
+    let written = wal().await - before;
+    // 100 calls that locked their row would write at least 5,600 bytes; allow for background work.
+    assert!(written < 1_000, "100 reads wrote {written} bytes of WAL");
+    handler.open_gate();
+    assert_eq!(running.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(handler.executions(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_row_is_500_and_never_reruns_the_handler() {
     let (store, pg) = common::postgres_store().await;

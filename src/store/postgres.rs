@@ -68,10 +68,18 @@ impl Queries {
              FROM changed"
         );
         Self {
+            // A live row the caller may not take (a record, another's lease) is only read:
+            // without `held`, `ON CONFLICT DO UPDATE` would lock it even when its `WHERE` then
+            // refuses, so that every replay and every 409 wrote WAL and queued on the row lock.
             begin: format!(
-                "WITH acquired AS (
+                "WITH held AS (
+                    SELECT 1 FROM {table}
+                    WHERE key = $1 AND expires_at > now()
+                      AND NOT (state = 'p' AND token = $3 AND fingerprint = $2)
+                ), acquired AS (
                     INSERT INTO {table} AS t (key, state, fingerprint, token, record, expires_at)
-                    VALUES ($1, 'p', $2, $3, NULL, now() + $4 * interval '1 millisecond')
+                    SELECT $1, 'p', $2, $3, NULL, now() + $4 * interval '1 millisecond'
+                    WHERE NOT EXISTS (SELECT 1 FROM held)
                     ON CONFLICT (key) DO UPDATE
                         SET state = 'p', fingerprint = EXCLUDED.fingerprint,
                             token = EXCLUDED.token, record = NULL,
