@@ -48,6 +48,74 @@ async fn the_reaper_deletes_expired_rows_and_reads_ignore_them_before() {
     assert_eq!(handler.executions(), 4);
 }
 
+/// A key taken over while the reaper deletes it stays: the reaper found it expired, but by the
+/// time it reached the row a `begin` had made it live again (here a transaction holding the
+/// row, committed once the reaper waits for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_leaves_a_key_taken_over_while_it_runs() {
+    let (store, pg) = common::postgres_store().await;
+    let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    let handler = Handler::new();
+    let layer = IdempotencyLayer::new(store.clone()).with_result_ttl(Duration::from_millis(1));
+    let svc = handler.service(layer);
+    send(&svc, post("/orders", Some("k"), "{}")).await;
+    let key = StoreKey::derive(None, "POST", "/orders", "k");
+    let expired = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT expires_at <= now() FROM idempotency_records WHERE key = $1",
+        )
+        .bind(&key.as_bytes()[..])
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while expired().await != Some(true) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the record never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut takeover = pool.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE idempotency_records SET expires_at = now() + interval '1 hour' WHERE key = $1",
+    )
+    .bind(&key.as_bytes()[..])
+    .execute(&mut *takeover)
+    .await
+    .unwrap();
+    let reaper = tokio::spawn({
+        let store = store.clone();
+        async move { store.reap_expired().await }
+    });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reaper never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    takeover.commit().await.unwrap();
+    assert_eq!(
+        reaper.await.unwrap().unwrap(),
+        0,
+        "the reaper deleted a live row"
+    );
+    assert_eq!(expired().await, Some(false));
+}
+
 /// A replay, and a duplicate refused while the first runs, only read: no row lock, no WAL (before,
 /// the statement's `ON CONFLICT DO UPDATE` locked the row, 56 bytes of WAL and a commit flush each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

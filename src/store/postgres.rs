@@ -121,10 +121,14 @@ impl Queries {
                 "UPDATE {table} SET expires_at = now() + $3 * interval '1 millisecond'
                  WHERE key = $1 AND state = 'p' AND token = $2 AND expires_at > now()"
             ),
+            // The batch as an array, found first: as `key IN (SELECT ...)` the planner joined
+            // it against the whole table, one full scan per call (reaper bench: 1,000,000
+            // expired rows in 44 s that way). The outer `expires_at` is checked again on the
+            // row as it is when deleted: a key a `begin` took over meanwhile is live, and stays.
             reap: format!(
-                "DELETE FROM {table} WHERE key IN (
+                "DELETE FROM {table} WHERE key = ANY(ARRAY(
                     SELECT key FROM {table} WHERE expires_at <= now() LIMIT 10000
-                 )"
+                 )) AND expires_at <= now()"
             ),
             mark: format!(
                 "UPDATE {table} SET waiting = true
