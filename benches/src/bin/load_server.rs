@@ -1,18 +1,31 @@
 //! The server the load comparison (`scripts/load.sh`) drives: one axum app, one handler, and the
 //! idempotency variant named on the command line in front of it.
 //!
-//! `load_server VARIANT ADDR`, with `REDIS_URL` for the variants that use Redis:
+//! `load_server VARIANT ADDR`, with `REDIS_URL` for the variants that use Redis and
+//! `DATABASE_URL` for those that use PostgreSQL:
 //!
 //! - `bare`: no idempotency.
 //! - `manual-first`, `manual-replay`: the handler makes by hand the Redis round trips our store
 //!   makes: two `EVALSHA` for a first execution, one for a replay.
 //! - `ours-redis`, `ours-memory`, `ours-cached`: `IdempotencyLayer` over `RedisStore`,
 //!   `MemoryStore`, and `ReplayCache<RedisStore>`.
+//! - `manual-pg-first`, `manual-pg-replay` (one handler; the wrk script makes the difference):
+//!   the handler makes by hand the statements `PostgresStore` makes, on the same table and the
+//!   same kind of pool: its `begin` statement, then, when that acquired the key, its `complete`
+//!   statement (a first execution: two statements), else nothing more (a replay: one).
+//! - `ours-postgres`: `IdempotencyLayer` over `PostgresStore` (after `migrate()`).
+//! - `ours-tiered`: `IdempotencyLayer` over `TieredStore<RedisStore, PostgresStore>`.
 //! - `axum-idempotent`: axum-idempotent 0.6 in header-key mode over ruts' in-memory `MokaStore`
 //!   (ruts' Redis store needs `HEXPIRE`, Redis 7.4 or later; Debian 12 ships 7.0);
 //!   `POST /login` creates the session it needs.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use axum::{
     body::Bytes,
@@ -23,7 +36,11 @@ use axum::{
     Router,
 };
 use redis::{aio::ConnectionManager, Script};
-use tower_idempotency::{IdempotencyLayer, MemoryStore, RedisStore, ReplayCache};
+use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use tower_idempotency::{
+    CompletedRecord, IdempotencyLayer, MemoryStore, PostgresStore, RecordedResponse, RedisStore,
+    ReplayCache, TieredStore,
+};
 
 const ORDER: &str = r#"{"id":"ord_1","customer_id":"C001","amount":1200}"#;
 
@@ -48,6 +65,7 @@ async fn main() -> Result<(), BoxError> {
     let variant = args.next().ok_or(usage)?;
     let addr: SocketAddr = args.next().ok_or(usage)?.parse()?;
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let database_url = || std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set");
     let orders = post(create_order);
     let app = match variant.as_str() {
         "bare" => Router::new().route("/orders", orders),
@@ -58,6 +76,16 @@ async fn main() -> Result<(), BoxError> {
         }
         "ours-cached" => {
             let store = ReplayCache::new(RedisStore::connect(&redis_url).await?);
+            Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
+        }
+        "manual-pg-first" | "manual-pg-replay" => manual_pg(&database_url()?).await?,
+        "ours-postgres" => {
+            let store = postgres_store(&database_url()?).await?;
+            Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
+        }
+        "ours-tiered" => {
+            let fast = RedisStore::connect(&redis_url).await?;
+            let store = TieredStore::new(fast, postgres_store(&database_url()?).await?);
             Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
         }
         "ours-memory" => Router::new().route(
@@ -133,6 +161,165 @@ async fn manual(redis_url: &str, first: bool) -> Result<Router, BoxError> {
         .await;
         match result {
             Ok(()) => create_order(order).await.into_response(),
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    };
+    Ok(Router::new()
+        .route("/orders", post(handler))
+        .with_state(manual))
+}
+
+/// `PostgresStore` as its documentation makes it, on `PgPool::connect`'s pool, migrated.
+async fn postgres_store(database_url: &str) -> Result<PostgresStore, BoxError> {
+    let store = PostgresStore::new(pg_pool(database_url).await?);
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The pool of every PostgreSQL variant: `PgPool::connect`'s (sqlx's defaults: at most 10
+/// connections, each checked with a round trip, a `Sync`, when taken from the pool), or the
+/// same without that check with `PG_TEST_BEFORE_ACQUIRE=false`.
+async fn pg_pool(database_url: &str) -> Result<PgPool, BoxError> {
+    let check = std::env::var("PG_TEST_BEFORE_ACQUIRE").map_or(true, |v| v != "false");
+    Ok(PgPoolOptions::new()
+        .test_before_acquire(check)
+        .connect(database_url)
+        .await?)
+}
+
+/// `PostgresStore`'s `begin` statement (src/store/postgres.rs, `Queries::for_table`), as is:
+/// insert the key in progress, or take over an expired lease, or read what is there.
+const PG_BEGIN: &str = "WITH held AS (
+        SELECT 1 FROM idempotency_records
+        WHERE key = $1 AND expires_at > now()
+          AND NOT (state = 'p' AND token = $3 AND fingerprint = $2)
+    ), acquired AS (
+        INSERT INTO idempotency_records AS t (key, state, fingerprint, token, record, expires_at)
+        SELECT $1, 'p', $2, $3, NULL, now() + $4 * interval '1 millisecond'
+        WHERE NOT EXISTS (SELECT 1 FROM held)
+        ON CONFLICT (key) DO UPDATE
+            SET state = 'p', fingerprint = EXCLUDED.fingerprint,
+                token = EXCLUDED.token, record = NULL,
+                expires_at = EXCLUDED.expires_at
+            WHERE t.expires_at <= now()
+               OR (t.state = 'p' AND t.token = EXCLUDED.token
+                   AND t.fingerprint = EXCLUDED.fingerprint)
+        RETURNING nextval('idempotency_records_fence') AS fence
+    )
+    SELECT 'a' AS outcome, fence, NULL::bytea AS fingerprint, NULL::text AS state,
+           NULL::bytea AS record, NULL::bigint AS remaining_ms
+    FROM acquired
+    UNION ALL
+    SELECT 'e', NULL, fingerprint, state, record,
+           (extract(epoch FROM expires_at - now()) * 1000)::bigint
+    FROM idempotency_records
+    WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM acquired)";
+
+/// `PostgresStore`'s `complete` statement, as is: one token-checked `UPDATE`, which notifies
+/// only when a process waits on the key (none does here).
+const PG_COMPLETE: &str = "WITH changed AS (
+        UPDATE idempotency_records
+        SET state = 'c', record = $3,
+            expires_at = now() + $4 * interval '1 millisecond'
+        WHERE key = $1 AND token = $2 AND (state = 'p' OR record = $3)
+          AND expires_at > now()
+        RETURNING key, waiting
+    )
+    SELECT count(*) AS changed,
+           count(CASE WHEN waiting
+                 THEN (SELECT 1 FROM pg_notify('idempotency_records_changed', encode(key, 'hex'))) END)
+               AS notified
+    FROM changed";
+
+/// The lease and the result TTL, in milliseconds: the layer's defaults.
+const LEASE_MS: i64 = 30_000;
+const RESULT_TTL_MS: i64 = 86_400_000;
+
+/// What the hand-made handler binds: the same sizes as the store's (32-byte key and
+/// fingerprint, 16-byte token, the record in the crate's encoding).
+struct ManualPg {
+    pool: PgPool,
+    fingerprint: [u8; 32],
+    record: Vec<u8>,
+    process: u64,
+    tokens: AtomicU64,
+}
+
+async fn manual_pg(database_url: &str) -> Result<Router, BoxError> {
+    // The same pool as the store's, on the shipped table.
+    let pool = pg_pool(database_url).await?;
+    for migration in tower_idempotency::MIGRATIONS {
+        sqlx::raw_sql(migration).execute(&pool).await?;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse()?);
+    let response = RecordedResponse::new(
+        StatusCode::CREATED,
+        headers,
+        Bytes::from_static(ORDER.as_bytes()),
+    );
+    let manual = Arc::new(ManualPg {
+        pool,
+        fingerprint: [7; 32],
+        record: CompletedRecord::Response(response).encode().to_vec(),
+        process: u64::from(std::process::id()),
+        tokens: AtomicU64::new(0),
+    });
+    let handler = move |State(m): State<Arc<ManualPg>>, headers: HeaderMap, order: Bytes| async move {
+        // The store binds a 32-byte digest: the key's bytes, zero-padded to 32 (no hashing, as
+        // the Redis hand-made variants do not hash either).
+        let raw = headers
+            .get("idempotency-key")
+            .map_or(&b"none"[..], |v| v.as_bytes());
+        let mut padded = [0u8; 32];
+        let key = if raw.len() <= 32 {
+            padded[..raw.len()].copy_from_slice(raw);
+            &padded[..]
+        } else {
+            raw
+        };
+        let count = m.tokens.fetch_add(1, Ordering::Relaxed);
+        let token = ((u128::from(m.process) << 64) | u128::from(count)).to_be_bytes();
+        let result: Result<Option<StatusCode>, sqlx::Error> = async {
+            let row = sqlx::query(PG_BEGIN)
+                .bind(key)
+                .bind(&m.fingerprint[..])
+                .bind(&token[..])
+                .bind(LEASE_MS)
+                .fetch_optional(&m.pool)
+                .await?;
+            // No row: a concurrent insert won after the snapshot (the store retries).
+            let Some(row) = row else {
+                return Ok(Some(StatusCode::SERVICE_UNAVAILABLE));
+            };
+            let outcome: String = row.try_get("outcome")?;
+            if outcome == "a" {
+                let _fence: i64 = row.try_get("fence")?;
+                let done = sqlx::query(PG_COMPLETE)
+                    .bind(key)
+                    .bind(&token[..])
+                    .bind(&m.record[..])
+                    .bind(RESULT_TTL_MS)
+                    .fetch_one(&m.pool)
+                    .await?;
+                let changed: i64 = done.try_get("changed")?;
+                return Ok((changed != 1).then_some(StatusCode::INTERNAL_SERVER_ERROR));
+            }
+            // A replay: what the store reads back from the row.
+            let stored: Vec<u8> = row.try_get("fingerprint")?;
+            let state: String = row.try_get("state")?;
+            let record: Option<Vec<u8>> = row.try_get("record")?;
+            let _remaining: Option<i64> = row.try_get("remaining_ms")?;
+            Ok(match (stored == m.fingerprint, state.as_str(), record) {
+                (true, "c", Some(_)) => None,
+                (true, _, _) => Some(StatusCode::CONFLICT),
+                (false, _, _) => Some(StatusCode::UNPROCESSABLE_ENTITY),
+            })
+        }
+        .await;
+        match result {
+            Ok(None) => create_order(order).await.into_response(),
+            Ok(Some(status)) => status.into_response(),
             Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         }
     };
