@@ -203,6 +203,17 @@ async fn waiters_finish_when_the_redis_subscriber_is_killed() {
     assert_eq!(handler.executions(), 1);
 }
 
+/// The backends of PostgreSQL listeners, other than the caller's.
+#[cfg(feature = "postgres")]
+async fn listener_pids(admin: &sqlx::PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
 /// The PostgreSQL store listens only once a request waits, and on a connection of its own: a
 /// store on a pool of one connection still makes its statements while its listener listens.
 #[cfg(feature = "postgres")]
@@ -210,14 +221,7 @@ async fn waiters_finish_when_the_redis_subscriber_is_killed() {
 async fn the_postgres_listener_comes_with_the_first_waiter_and_is_not_the_pools() {
     let (_, pg) = common::postgres_store().await;
     let admin = sqlx::PgPool::connect(pg.url()).await.expect("connect");
-    let listeners = || async {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&admin)
-        .await
-        .expect("pg_stat_activity")
-    };
+    let listeners = || listener_pids(&admin);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(5))
@@ -262,14 +266,7 @@ async fn waiters_finish_when_the_postgres_listener_is_killed() {
     let (store, pg) = common::postgres_store().await;
     let store = CountingStore::new(store);
     let admin = sqlx::PgPool::connect(pg.url()).await.expect("connect");
-    let listeners = || async {
-        sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&admin)
-        .await
-        .expect("pg_stat_activity")
-    };
+    let listeners = || listener_pids(&admin);
     let handler = Handler::new();
     let svc = handler.service(IdempotencyLayer::new(store.clone()).with_wait(DEADLINE));
     let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));
