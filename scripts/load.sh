@@ -13,6 +13,7 @@
 #   VARIANTS="b1 c b2 d" ./scripts/load.sh    # only these variants (a full run takes a while)
 #   VARIANTS="p1 p tf p2 q d t" ./scripts/load.sh   # the PostgreSQL and tiered comparison
 #   BASELINE=dc26008 ./scripts/load.sh        # adds c0 and d0: (c) and (d) built at that revision
+#   DELAY_US=250 CONNECTIONS=1 ./scripts/load.sh   # the store 0.5 ms of round trip away
 #
 # VARIANTS picks variants by name; they still run in the script's order, so the two sides of a
 # ratio stay back to back, and ratios whose sides were not both run are left out of the report.
@@ -34,6 +35,12 @@
 # are started only when a selected variant uses them. PG_TEST_BEFORE_ACQUIRE=false gives every
 # PostgreSQL variant's pool sqlx's test_before_acquire(false): no check (one round trip) each
 # time a statement takes a connection.
+#
+# DELAY_US puts the store across a network: the servers reach Redis and PostgreSQL through
+# delay_proxy (benches/src/bin/delay_proxy.rs, one process for both, so that its spin takes one
+# core at most), which delays every chunk DELAY_US microseconds each way: a round trip gains
+# 2 x DELAY_US. DELAY_US=0 routes through the proxy without a delay (its own cost). Unset: no
+# proxy, loopback. The script's own commands (emptying Redis and the table) go direct.
 #
 # load_server is built into $CARGO_TARGET_DIR when set, else target/.
 # The report is printed and written to target/load/report.md; raw wrk output sits beside it.
@@ -63,6 +70,7 @@ all_variants=(
   "b1|manual-first|fresh|handler makes 2 EVALSHA by hand"
   "c|ours-redis|fresh|tower-idempotency, RedisStore, first executions"
   "c0|ours-redis|fresh|tower-idempotency at $baseline, RedisStore, first executions"
+  "b4|manual-textbook|fresh|the textbook design by hand: GET, SET NX lock, SET result, release script"
   "b2|manual-replay|replay|handler makes 1 EVALSHA by hand"
   "d|ours-redis|replay|tower-idempotency, RedisStore, replays"
   "d0|ours-redis|replay|tower-idempotency at $baseline, RedisStore, replays"
@@ -98,7 +106,7 @@ use_redis=""; use_pg=""
 for entry in "${variants[@]}"; do
   IFS='|' read -r _ variant _ _ <<<"$entry"
   case "$variant" in
-    manual-first | manual-replay | ours-redis | ours-cached) use_redis=1 ;;
+    manual-first | manual-replay | manual-textbook | ours-redis | ours-cached) use_redis=1 ;;
     manual-pg-* | ours-postgres) use_pg=1 ;;
     ours-tiered) use_redis=1; use_pg=1 ;;
   esac
@@ -114,8 +122,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release -q -p benches --bin load_server
+cargo build --release -q -p benches --bin load_server --bin delay_proxy
 server_bin="${CARGO_TARGET_DIR:-target}/release/load_server"
+proxy_bin="${CARGO_TARGET_DIR:-target}/release/delay_proxy"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # PostgreSQL's CPU time: the postmaster's own and its reaped children's (cutime, cstime: every
@@ -136,8 +145,10 @@ redis_pid=""; redis_dir=""; redis_port=""
 pg_pid=""; pg_dir=""; pg_bin=""; pg_note=""
 as_pg=()
 server_pid=""
+proxy_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
   # Redis writes its log until it is gone: wait for it, or the directory may not be empty yet.
   if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null || true; fi
   [ -z "$redis_dir" ] || rm -rf "$redis_dir" || true
@@ -203,6 +214,34 @@ if [ -n "$use_redis" ]; then
   export REDIS_URL="redis://127.0.0.1:$redis_port"
   until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 fi
+# The servers' URLs: direct, or through the delay line.
+server_redis_url="${REDIS_URL:-}"; server_database_url="${DATABASE_URL:-}"; delay_note=""
+if [ -n "${DELAY_US+set}" ]; then
+  routes=()
+  if [ -n "$use_redis" ]; then
+    redis_proxy_port=$(free_port)
+    routes+=("127.0.0.1:$redis_proxy_port" "127.0.0.1:$redis_port")
+    server_redis_url="redis://127.0.0.1:$redis_proxy_port"
+  fi
+  if [ -n "$use_pg" ]; then
+    pg_proxy_port=$(free_port)
+    pg_upstream=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(f"{p.hostname}:{p.port or 5432}")' "$DATABASE_URL")
+    routes+=("127.0.0.1:$pg_proxy_port" "$pg_upstream")
+    server_database_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(p._replace(netloc=p.netloc.rsplit("@", 1)[0] + "@127.0.0.1:" + sys.argv[2] if "@" in p.netloc else "127.0.0.1:" + sys.argv[2]).geturl())' "$DATABASE_URL" "$pg_proxy_port")
+  fi
+  if [ ${#routes[@]} -gt 0 ]; then
+    "$proxy_bin" "${routes[0]}" "${routes[1]}" "$DELAY_US" "${routes[@]:2}" >/dev/null &
+    proxy_pid=$!
+    if [ -n "$use_redis" ]; then
+      until redis-cli -p "$redis_proxy_port" ping >/dev/null 2>&1; do sleep 0.1; done
+    fi
+    if [ -n "$use_pg" ]; then
+      until pg_sql -d "$server_database_url" -c "SELECT 1" 2>/dev/null; do sleep 0.1; done
+    fi
+  fi
+  delay_note="The servers reach Redis and PostgreSQL through delay_proxy, $DELAY_US us each way: \
+$(awk -v d="$DELAY_US" 'BEGIN { printf "%g", 2 * d / 1000 }') ms added to every round trip (the script's own commands go direct)."
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
   order=("${variants[@]}")
@@ -224,7 +263,7 @@ for round in $(seq 1 "$ROUNDS"); do
     port=$(free_port)
     bin=$server_bin
     case "$name" in *0) bin=$baseline_bin ;; esac
-    "$bin" "$variant" "127.0.0.1:$port" &
+    REDIS_URL="$server_redis_url" DATABASE_URL="$server_database_url" "$bin" "$variant" "127.0.0.1:$port" &
     server_pid=$!
     until curl -s -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.1; done
     cookie=""
@@ -260,11 +299,11 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$out" "$DURATION" "$CONNECTIONS" "$ROUNDS" "$baseline" "$pg_note" "${variants[@]}" <<'PY' | tee "$out/report.md"
+python3 - "$out" "$DURATION" "$CONNECTIONS" "$ROUNDS" "$baseline" "$pg_note" "$delay_note" "${variants[@]}" <<'PY' | tee "$out/report.md"
 import re, sys, platform, os, statistics
 out, duration, connections, rounds, baseline = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-pg_note = sys.argv[6]
-entries = sys.argv[7:]
+pg_note, delay_note = sys.argv[6], sys.argv[7]
+entries = sys.argv[8:]
 def micros(text):
     value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
@@ -290,11 +329,13 @@ for entry in entries:
     median = sorted(runs[name], key=lambda m: m["rps"])[(rounds - 1) // 2]
     rows.append((name, what, median, min(m["rps"] for m in runs[name]), max(m["rps"] for m in runs[name])))
 # Shown in the order of the letters, whatever order they ran in.
-display = ["a", "b1", "b2", "c", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "q", "tf", "t"]
+display = ["a", "b1", "b2", "b4", "c", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "q", "tf", "t"]
 rows.sort(key=lambda row: display.index(row[0]) if row[0] in display else len(display))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Load comparison: wrk, 1 thread, {connections} connections, {rounds} rounds of {duration} s per "
       f"variant, loopback; {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}.\n")
+if delay_note:
+    print(delay_note + "\n")
 print("axum-idempotent runs on ruts' in-memory MokaStore: ruts' Redis store needs HEXPIRE "
       "(Redis 7.4+) and Debian 12 ships Redis 7.0.\n")
 if pg_note:
@@ -314,6 +355,8 @@ for name, what, m, low, high in rows:
 print()
 for label, num, den, target in [
     ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),
+    ("(c)/(b4) first execution vs the textbook design by hand", "c", "b4",
+     ">= 1.6 at 64 connections and 0.5 ms round trip"),
     ("(d)/(b2) replay vs hand-made round trip", "d", "b2", ">= 0.9"),
     ("(l)/(a) replay through the local tier vs no idempotency", "l", "a", ">= 0.8"),
     ("(e)/(a) MemoryStore first execution vs no idempotency", "e", "a", ""),
@@ -331,6 +374,23 @@ for label, num, den, target in [
     if num not in runs or den not in runs:
         continue
     ratios = [n["rps"] / d["rps"] for n, d in zip(runs[num], runs[den])]
+    rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
+          + (f"; target {target}" if target else ""))
+# Latency: what one connection (CONNECTIONS=1) is about. Lower is better here.
+p50_pairs = [
+    ("(c)/(b4) first execution vs the textbook design", "c", "b4", "<= 0.6 at 0.5 ms round trip"),
+    ("(c)/(b1) first execution vs its round trips by hand", "c", "b1", ""),
+    ("(d)/(b2) replay vs one round trip by hand", "d", "b2", "<= 1.1 at 0.5 ms round trip"),
+    ("(t)/(d) tiered replay vs RedisStore replay", "t", "d", ""),
+    ("(p)/(p1) PostgreSQL first execution vs its statements by hand", "p", "p1", ""),
+    ("(q)/(p2) PostgreSQL replay vs its statement by hand", "q", "p2", ""),
+]
+shown = [pair for pair in p50_pairs if pair[1] in runs and pair[2] in runs]
+if shown:
+    print("\np50 ratios (lower is better):\n")
+for label, num, den, target in shown:
+    ratios = [n["p50"] / d["p50"] for n, d in zip(runs[num], runs[den])]
     rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
           + (f"; target {target}" if target else ""))

@@ -2,11 +2,14 @@
 //! latency benches can give the store's connection (Redis, PostgreSQL) a chosen delay on a
 //! machine without `tc netem`.
 //!
-//! `delay_proxy LISTEN_ADDR UPSTREAM_ADDR DELAY_US`, for example
+//! `delay_proxy LISTEN_ADDR UPSTREAM_ADDR DELAY_US [LISTEN_ADDR UPSTREAM_ADDR]...`, for example
 //! `delay_proxy 127.0.0.1:7001 127.0.0.1:6379 125`, then point the client at `127.0.0.1:7001`.
+//! More pairs give more routes with the same delay in the same process (Redis and PostgreSQL
+//! for the tiered store, say), so that their spinning lines share its one thread (below).
 //! `DELAY_US` is the one-way delay in microseconds, applied in each direction, so a round trip
 //! gains 2 x `DELAY_US` (125 gives a 0.25 ms round trip). `LISTEN_ADDR` may use port 0; the line
-//! printed on start (`listening on ..., upstream ..., one-way delay ... us`) names the real port.
+//! printed on start for each route (`listening on ..., upstream ..., one-way delay ... us`)
+//! names the real port.
 //! The proxy runs until ctrl-c or SIGTERM. Bad arguments print the usage and exit with code 2.
 //!
 //! # A delay line, not a slow server
@@ -94,14 +97,16 @@ use tokio::{
     task::JoinSet,
 };
 
-const USAGE: &str = "usage: delay_proxy LISTEN_ADDR UPSTREAM_ADDR DELAY_US
+const USAGE: &str =
+    "usage: delay_proxy LISTEN_ADDR UPSTREAM_ADDR DELAY_US [LISTEN_ADDR UPSTREAM_ADDR]...
 
   LISTEN_ADDR    address to accept connections on, e.g. 127.0.0.1:7001 (port 0: any free port)
   UPSTREAM_ADDR  address every connection is forwarded to, e.g. 127.0.0.1:6379
   DELAY_US       one-way delay in microseconds (0 to 10000000), applied in each direction:
                  a round trip gains 2 x DELAY_US (125 = a 0.25 ms round trip)
+  more pairs     more routes, with the same delay, served by the same thread
 
-example: delay_proxy 127.0.0.1:7001 127.0.0.1:6379 125";
+example: delay_proxy 127.0.0.1:7001 127.0.0.1:6379 125 127.0.0.1:7002 127.0.0.1:5432";
 
 /// The largest delay accepted, 10 s.
 const MAX_DELAY_US: u64 = 10_000_000;
@@ -127,19 +132,38 @@ const CHUNK: usize = 16 * 1024;
 const LINE_CAPACITY: usize = 1024;
 
 struct Config {
-    listen: SocketAddr,
-    upstream: Vec<SocketAddr>,
-    upstream_name: String,
+    routes: Vec<Route>,
     delay: Duration,
 }
 
+/// Connections accepted on `listen` go to `upstream`.
+struct Route {
+    listen: SocketAddr,
+    upstream: Arc<[SocketAddr]>,
+    upstream_name: String,
+}
+
 fn parse_args(args: &[String]) -> Result<Config, String> {
-    let [listen, upstream, delay] = args else {
-        return Err(format!("expected 3 arguments, got {}", args.len()));
+    let [listen, upstream, delay, more @ ..] = args else {
+        return Err(format!("expected at least 3 arguments, got {}", args.len()));
     };
-    let listen = resolve(listen, "LISTEN_ADDR")?[0];
-    let upstream_name = upstream.clone();
-    let upstream = resolve(upstream, "UPSTREAM_ADDR")?;
+    if more.len() % 2 != 0 {
+        return Err(format!(
+            "every further LISTEN_ADDR needs its UPSTREAM_ADDR: {:?} has none",
+            more[more.len() - 1]
+        ));
+    }
+    let routes = [(listen, upstream)]
+        .into_iter()
+        .chain(more.chunks_exact(2).map(|pair| (&pair[0], &pair[1])))
+        .map(|(listen, upstream)| {
+            Ok(Route {
+                listen: resolve(listen, "LISTEN_ADDR")?[0],
+                upstream: resolve(upstream, "UPSTREAM_ADDR")?.into(),
+                upstream_name: upstream.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let delay_us: u64 = delay
         .parse()
         .ok()
@@ -148,9 +172,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             format!("DELAY_US must be an integer from 0 to {MAX_DELAY_US}, got {delay:?}")
         })?;
     Ok(Config {
-        listen,
-        upstream,
-        upstream_name,
+        routes,
         delay: Duration::from_micros(delay_us),
     })
 }
@@ -199,42 +221,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// Accepts connections until ctrl-c or SIGTERM.
+/// Binds every route, then accepts connections on all of them until ctrl-c or SIGTERM.
 async fn serve(config: Config) -> io::Result<()> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-    })?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    println!(
-        "listening on {}, upstream {}, one-way delay {} us",
-        listener.local_addr()?,
-        config.upstream_name,
-        config.delay.as_micros()
-    );
-    let upstream: Arc<[SocketAddr]> = config.upstream.into();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
-                    let upstream = Arc::clone(&upstream);
-                    tokio::spawn(async move {
-                        if let Err(e) = proxy(client, &upstream, config.delay).await {
-                            eprintln!("delay_proxy: connection from {peer}: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: do not spin on it.
-                    eprintln!("delay_proxy: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-        }
+    let mut acceptors = JoinSet::new();
+    for route in config.routes {
+        let listener = TcpListener::bind(route.listen).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", route.listen))
+        })?;
+        println!(
+            "listening on {}, upstream {}, one-way delay {} us",
+            listener.local_addr()?,
+            route.upstream_name,
+            config.delay.as_micros()
+        );
+        acceptors.spawn(accept(listener, route.upstream, config.delay));
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     eprintln!("delay_proxy: stopping");
     Ok(())
+}
+
+/// Proxies every connection `listener` accepts to `upstream`, each on a task of its own.
+async fn accept(listener: TcpListener, upstream: Arc<[SocketAddr]>, delay: Duration) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let upstream = Arc::clone(&upstream);
+                tokio::spawn(async move {
+                    if let Err(e) = proxy(client, &upstream, delay).await {
+                        eprintln!("delay_proxy: connection from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: do not spin on it.
+                eprintln!("delay_proxy: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// Connects `client` to the upstream and forwards both ways until both sides have closed, or

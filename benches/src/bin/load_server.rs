@@ -7,6 +7,9 @@
 //! - `bare`: no idempotency.
 //! - `manual-first`, `manual-replay`: the handler makes by hand the Redis round trips our store
 //!   makes: two `EVALSHA` for a first execution, one for a replay.
+//! - `manual-textbook`: the textbook design, by hand: `GET` the result (none), `SET NX` a lock,
+//!   the handler, `SET` the result, release the lock by script: four round trips per first
+//!   execution against our two.
 //! - `ours-redis`, `ours-memory`, `ours-cached`: `IdempotencyLayer` over `RedisStore`,
 //!   `MemoryStore`, and `ReplayCache<RedisStore>`.
 //! - `manual-pg-first`, `manual-pg-replay` (one handler; the wrk script makes the difference):
@@ -70,6 +73,7 @@ async fn main() -> Result<(), BoxError> {
     let app = match variant.as_str() {
         "bare" => Router::new().route("/orders", orders),
         "manual-first" | "manual-replay" => manual(&redis_url, variant == "manual-first").await?,
+        "manual-textbook" => textbook(&redis_url).await?,
         "ours-redis" => {
             let store = RedisStore::connect(&redis_url).await?;
             Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
@@ -167,6 +171,80 @@ async fn manual(redis_url: &str, first: bool) -> Result<Router, BoxError> {
     Ok(Router::new()
         .route("/orders", post(handler))
         .with_state(manual))
+}
+
+/// The textbook design's round trips for a first execution, by hand, in the order it makes them.
+struct Textbook {
+    conn: ConnectionManager,
+    unlock: Script,
+    tokens: AtomicU64,
+}
+
+async fn textbook(redis_url: &str) -> Result<Router, BoxError> {
+    let conn = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+    let textbook = Arc::new(Textbook {
+        conn,
+        unlock: Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+             return 0",
+        ),
+        tokens: AtomicU64::new(0),
+    });
+    let handler = move |State(t): State<Arc<Textbook>>, headers: HeaderMap, order: Bytes| async move {
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        let (result_key, lock_key) = (format!("idempotency:{key}"), format!("lock:{key}"));
+        let token = t.tokens.fetch_add(1, Ordering::Relaxed).to_string();
+        let mut conn = t.conn.clone();
+        let outcome: redis::RedisResult<Option<StatusCode>> = async {
+            // 1. A recorded result?
+            let cached: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&result_key)
+                .query_async(&mut conn)
+                .await?;
+            if cached.is_some() {
+                return Ok(None);
+            }
+            // 2. The lock.
+            let locked: Option<String> = redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut conn)
+                .await?;
+            if locked.is_none() {
+                return Ok(Some(StatusCode::CONFLICT));
+            }
+            // 3. The result, then 4. the lock's release (by script: only if still ours).
+            let () = redis::cmd("SET")
+                .arg(&result_key)
+                .arg(ORDER)
+                .arg("PX")
+                .arg(86_400_000)
+                .query_async(&mut conn)
+                .await?;
+            let _: i64 = t
+                .unlock
+                .key(&lock_key)
+                .arg(&token)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(None)
+        }
+        .await;
+        match outcome {
+            Ok(None) => create_order(order).await.into_response(),
+            Ok(Some(status)) => status.into_response(),
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    };
+    Ok(Router::new()
+        .route("/orders", post(handler))
+        .with_state(textbook))
 }
 
 /// `PostgresStore` as its documentation makes it, on `PgPool::connect`'s pool, migrated.
