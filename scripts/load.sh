@@ -26,6 +26,9 @@
 # whatever favours the first or the second of two runs cannot pass for a difference between the
 # revisions); the report adds the ratios (c)/(c0) and (d)/(d0).
 #
+# ca (RedisStore waiting for a replica's acknowledgement) starts a replica of the script's Redis;
+# with DELAY_US, the replica reaches its primary through the delay line too.
+#
 # PostgreSQL (the p*, q and t* variants): with DATABASE_URL unset, the script starts its own
 # cluster (initdb -A trust into a temporary directory, as the `postgres` user when run as root,
 # since initdb refuses root; newest /usr/lib/postgresql/*/bin or $PG_BIN), on 127.0.0.1 and a
@@ -70,6 +73,7 @@ all_variants=(
   "b1|manual-first|fresh|handler makes 2 EVALSHA by hand"
   "c|ours-redis|fresh|tower-idempotency, RedisStore, first executions"
   "c0|ours-redis|fresh|tower-idempotency at $baseline, RedisStore, first executions"
+  "ca|ours-redis-acks|fresh|tower-idempotency, RedisStore with_replica_acks(1), first executions"
   "b4|manual-textbook|fresh|the textbook design by hand: GET, SET NX lock, SET result, release script"
   "b2|manual-replay|replay|handler makes 1 EVALSHA by hand"
   "d|ours-redis|replay|tower-idempotency, RedisStore, replays"
@@ -102,11 +106,12 @@ for entry in "${all_variants[@]}"; do
 done
 
 # Which servers the selected variants need.
-use_redis=""; use_pg=""
+use_redis=""; use_pg=""; use_replica=""
 for entry in "${variants[@]}"; do
   IFS='|' read -r _ variant _ _ <<<"$entry"
   case "$variant" in
     manual-first | manual-replay | manual-textbook | ours-redis | ours-cached) use_redis=1 ;;
+    ours-redis-acks) use_redis=1; use_replica=1 ;;
     manual-pg-* | ours-postgres) use_pg=1 ;;
     ours-tiered) use_redis=1; use_pg=1 ;;
   esac
@@ -141,7 +146,7 @@ pg_ticks() {
   echo "$total"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_pid=""; redis_dir=""; redis_port=""
+redis_pid=""; redis_dir=""; redis_port=""; replica_pid=""
 pg_pid=""; pg_dir=""; pg_bin=""; pg_note=""
 as_pg=()
 server_pid=""
@@ -150,6 +155,7 @@ cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
   # Redis writes its log until it is gone: wait for it, or the directory may not be empty yet.
+  if [ -n "$replica_pid" ]; then kill "$replica_pid" 2>/dev/null && wait "$replica_pid" 2>/dev/null || true; fi
   if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null || true; fi
   [ -z "$redis_dir" ] || rm -rf "$redis_dir" || true
   if [ -n "$pg_dir" ]; then
@@ -223,6 +229,10 @@ if [ -n "${DELAY_US+set}" ]; then
     routes+=("127.0.0.1:$redis_proxy_port" "127.0.0.1:$redis_port")
     server_redis_url="redis://127.0.0.1:$redis_proxy_port"
   fi
+  if [ -n "$use_replica" ]; then
+    replication_proxy_port=$(free_port)
+    routes+=("127.0.0.1:$replication_proxy_port" "127.0.0.1:$redis_port")
+  fi
   if [ -n "$use_pg" ]; then
     pg_proxy_port=$(free_port)
     pg_upstream=$(python3 -c 'import sys, urllib.parse as u; p = u.urlparse(sys.argv[1]); print(f"{p.hostname}:{p.port or 5432}")' "$DATABASE_URL")
@@ -239,8 +249,26 @@ if [ -n "${DELAY_US+set}" ]; then
       until pg_sql -d "$server_database_url" -c "SELECT 1" 2>/dev/null; do sleep 0.1; done
     fi
   fi
+  if [ -n "$use_replica" ]; then
+    replica_primary_port=$replication_proxy_port
+    delay_note_replica=" The replica reaches its primary through it too."
+  fi
   delay_note="The servers reach Redis and PostgreSQL through delay_proxy, $DELAY_US us each way: \
-$(awk -v d="$DELAY_US" 'BEGIN { printf "%g", 2 * d / 1000 }') ms added to every round trip (the script's own commands go direct)."
+$(awk -v d="$DELAY_US" 'BEGIN { printf "%g", 2 * d / 1000 }') ms added to every round trip (the script's own commands go direct).${delay_note_replica:-}"
+fi
+if [ -n "$use_replica" ]; then
+  replica_port=$(free_port)
+  mkdir "$redis_dir/replica"
+  redis-server --port "$replica_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$redis_dir/replica" --logfile "$redis_dir/replica/redis.log" \
+    --replicaof 127.0.0.1 "${replica_primary_port:-$redis_port}" &
+  replica_pid=$!
+  # The first sync waits for repl-diskless-sync-delay (5 s).
+  deadline=$((SECONDS + 60))
+  until redis-cli -p "$replica_port" info replication 2>/dev/null | grep -q "master_link_status:up"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "the replica did not sync within 60 s: $redis_dir/replica/redis.log" >&2; exit 1; }
+    sleep 0.1
+  done
 fi
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -329,7 +357,7 @@ for entry in entries:
     median = sorted(runs[name], key=lambda m: m["rps"])[(rounds - 1) // 2]
     rows.append((name, what, median, min(m["rps"] for m in runs[name]), max(m["rps"] for m in runs[name])))
 # Shown in the order of the letters, whatever order they ran in.
-display = ["a", "b1", "b2", "b4", "c", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "q", "tf", "t"]
+display = ["a", "b1", "b2", "b4", "c", "ca", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "q", "tf", "t"]
 rows.sort(key=lambda row: display.index(row[0]) if row[0] in display else len(display))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Load comparison: wrk, 1 thread, {connections} connections, {rounds} rounds of {duration} s per "
@@ -355,6 +383,7 @@ for name, what, m, low, high in rows:
 print()
 for label, num, den, target in [
     ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),
+    ("(ca)/(c) first execution waiting for a replica vs without", "ca", "c", ""),
     ("(c)/(b4) first execution vs the textbook design by hand", "c", "b4",
      ">= 1.6 at 64 connections and 0.5 ms round trip"),
     ("(d)/(b2) replay vs hand-made round trip", "d", "b2", ">= 0.9"),
@@ -380,6 +409,7 @@ for label, num, den, target in [
 # Latency: what one connection (CONNECTIONS=1) is about. Lower is better here.
 p50_pairs = [
     ("(c)/(b4) first execution vs the textbook design", "c", "b4", "<= 0.6 at 0.5 ms round trip"),
+    ("(ca)/(c) first execution waiting for a replica vs without", "ca", "c", ""),
     ("(c)/(b1) first execution vs its round trips by hand", "c", "b1", ""),
     ("(d)/(b2) replay vs one round trip by hand", "d", "b2", "<= 1.1 at 0.5 ms round trip"),
     ("(t)/(d) tiered replay vs RedisStore replay", "t", "d", ""),

@@ -12,6 +12,8 @@
 //!   execution against our two.
 //! - `ours-redis`, `ours-memory`, `ours-cached`: `IdempotencyLayer` over `RedisStore`,
 //!   `MemoryStore`, and `ReplayCache<RedisStore>`.
+//! - `ours-redis-acks`: `RedisStore::with_replica_acks(1, 100 ms)`: each lock and record is
+//!   on a replica (`WAIT 1 100`, in the script's round trip) before the store counts on it.
 //! - `manual-pg-first`, `manual-pg-replay` (one handler; the wrk script makes the difference):
 //!   the handler makes by hand the statements `PostgresStore` makes, on the same table and the
 //!   same kind of pool: its `begin` statement, then, when that acquired the key, its `complete`
@@ -76,6 +78,12 @@ async fn main() -> Result<(), BoxError> {
         "manual-textbook" => textbook(&redis_url).await?,
         "ours-redis" => {
             let store = RedisStore::connect(&redis_url).await?;
+            Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
+        }
+        "ours-redis-acks" => {
+            let store = RedisStore::connect(&redis_url)
+                .await?
+                .with_replica_acks(1, std::time::Duration::from_millis(100));
             Router::new().route("/orders", orders.layer(IdempotencyLayer::new(store)))
         }
         "ours-cached" => {
