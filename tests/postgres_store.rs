@@ -201,3 +201,92 @@ async fn a_table_without_the_waiting_column_names_the_migration() {
         StatusCode::CREATED
     );
 }
+
+/// What the store's docs promise for a pool without sqlx's check on acquire
+/// (`test_before_acquire(false)`, advised across a network): a connection the server closed
+/// fails the one request that finds it, without running its handler, and the next request gets
+/// a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_pools_check_a_broken_connection_fails_one_request_and_runs_nothing() {
+    let pg = tokio::task::spawn_blocking(test_support::TestPostgres::start)
+        .await
+        .expect("PostgreSQL start-up");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(1)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let store = tower_idempotency::PostgresStore::new(pool.clone());
+    store.migrate().await.unwrap();
+    let handler = Handler::new();
+    let svc = handler.service(IdempotencyLayer::new(store));
+    assert_eq!(
+        send(&svc, post("/orders", Some("k1"), "{}")).await.status,
+        StatusCode::CREATED
+    );
+
+    // The server ends the pool's one connection while it sits idle in the pool.
+    let admin = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    let pool_backend: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+           AND datname = current_database()",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(pool_backend.len(), 1, "the pool holds one connection");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pool_backend[0])
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let failed = send(&svc, post("/orders", Some("k2"), "{}")).await;
+    assert_eq!(
+        failed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        failed.text()
+    );
+    assert_eq!(
+        handler.executions(),
+        1,
+        "the request that failed ran nothing"
+    );
+    let retried = send(&svc, post("/orders", Some("k2"), "{}")).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text());
+    assert_eq!(handler.executions(), 2);
+}
+
+/// `spawn_reaper` keeps up with more expired rows than one batch (10 000) per tick: it deletes
+/// batch after batch until one comes back short. (It used to delete one batch per tick: with a
+/// tick of a minute, an application making more than 167 keys a second outgrew it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_deletes_every_expired_row_each_tick_not_one_batch() {
+    let (store, pg) = common::postgres_store().await;
+    let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_records (key, state, fingerprint, token, record, expires_at)
+         SELECT sha256(int4send(n)), 'c', '\\x00', '\\x00', '\\x00', now() - interval '1 hour'
+         FROM generate_series(1, 25000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows(&pool).await, 25_000);
+
+    // The first tick comes at once; the next one in an hour, long after this test.
+    let reaper = store.spawn_reaper(Duration::from_secs(3600));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while rows(&pool).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} expired rows left after the first tick",
+            rows(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reaper.abort();
+}

@@ -17,6 +17,10 @@ use crate::{
 /// How often `begin` retries when a concurrent insert was not yet visible to its snapshot.
 const BEGIN_ATTEMPTS: usize = 5;
 
+/// The most rows one `reap_expired` deletes: one statement stays short (about 0.1 s), so a
+/// live request waiting on a row it locks waits no longer.
+const REAP_BATCH: u64 = 10_000;
+
 /// Keeps records in PostgreSQL, on an sqlx pool you already have.
 ///
 /// One table with a unique key; `begin` is one statement (`INSERT ... ON CONFLICT DO UPDATE ...
@@ -34,6 +38,30 @@ const BEGIN_ATTEMPTS: usize = 5;
 /// store.migrate().await?; // or ship MIGRATION with your own migrations
 /// store.spawn_reaper(std::time::Duration::from_secs(60));
 /// let layer = IdempotencyLayer::new(store);
+/// # Ok(()) }
+/// ```
+///
+/// # The pool
+///
+/// Each statement takes a connection from the pool and gives it back, so nothing is held while a
+/// handler runs: a first execution takes one twice (`begin`, then `complete`), a replay once. On
+/// top of each statement's round trip, sqlx's pool checks a connection when it is taken
+/// (`PgPoolOptions::test_before_acquire`, on by default: one more round trip before the
+/// statement) and when it is given back (always, sqlx 0.8: after the answer, but the connection
+/// is busy until it returns). On loopback neither shows; with the database across a network,
+/// the first doubles the latency the store adds, and both limit what a pool of a given size
+/// serves (README, "Across a network"). Across a network, consider
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// let pool = sqlx::postgres::PgPoolOptions::new()
+///     // A broken connection then fails the one statement that finds it (503, the handler not
+///     // run; a failed `complete` is retried), and the pool replaces it.
+///     .test_before_acquire(false)
+///     // Each statement holds a connection for about two round trips.
+///     .max_connections(32)
+///     .connect("postgres://app@db.internal/app")
+///     .await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -127,7 +155,7 @@ impl Queries {
             // row as it is when deleted: a key a `begin` took over meanwhile is live, and stays.
             reap: format!(
                 "DELETE FROM {table} WHERE key = ANY(ARRAY(
-                    SELECT key FROM {table} WHERE expires_at <= now() LIMIT 10000
+                    SELECT key FROM {table} WHERE expires_at <= now() LIMIT {REAP_BATCH}
                  )) AND expires_at <= now()"
             ),
             mark: format!(
@@ -175,8 +203,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Deletes up to 10 000 expired rows; returns how many went. Reads ignore expired rows
-    /// anyway: this only keeps the table small.
+    /// Deletes up to 10 000 expired rows in one statement; returns how many went. Reads ignore
+    /// expired rows anyway: this only keeps the table small.
     pub async fn reap_expired(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(&self.queries.reap)
             .execute(&self.pool)
@@ -185,16 +213,25 @@ impl PostgresStore {
         Ok(done.rows_affected())
     }
 
-    /// Runs [`reap_expired`](Self::reap_expired) every `every` on the current Tokio runtime,
-    /// until the returned handle is aborted.
+    /// Every `every`, on the current Tokio runtime, deletes the expired rows, a
+    /// [`reap_expired`](Self::reap_expired) batch at a time until a batch comes back short,
+    /// until the returned handle is aborted. (One batch per tick would fall behind any
+    /// application that makes more than 10 000 keys per tick.)
     pub fn spawn_reaper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every.max(Duration::from_millis(1)));
             loop {
                 ticker.tick().await;
-                if let Err(error) = store.reap_expired().await {
-                    tracing::warn!(%error, "idempotency: reaping expired records failed");
+                loop {
+                    match store.reap_expired().await {
+                        Ok(deleted) if deleted >= REAP_BATCH => {}
+                        Ok(_) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "idempotency: reaping expired records failed");
+                            break;
+                        }
+                    }
                 }
             }
         })

@@ -20,7 +20,8 @@ use bytes::Bytes;
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    Cmd, ErrorKind, Pipeline, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs, Value,
+    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisResult, RedisWrite, Script, ServerErrorKind,
+    ToRedisArgs, Value,
 };
 
 use super::{
@@ -209,9 +210,12 @@ impl RedisStore<ConnectionManager> {
     ///
     /// The connection has no response timeout of its own: the layer's store timeout
     /// ([`with_store_timeout`](crate::IdempotencyLayer::with_store_timeout)) bounds every call,
-    /// and a second, shorter one underneath would cap it and cost a timer per call.
+    /// and a second, shorter one underneath would cap it and cost a timer per call. Its socket
+    /// sends each request at once (`TCP_NODELAY`, see [`no_delay`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::backend)?;
+        let info = url.into_connection_info().map_err(StoreError::backend)?;
+        let info = no_delay(info);
+        let client = redis::Client::open(info).map_err(StoreError::backend)?;
         // The address alone: the URL may carry a password.
         let addr = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new().set_response_timeout(None);
@@ -250,8 +254,10 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
         nodes: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Result<Self, StoreError> {
         let nodes: Vec<String> = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
-        let client =
-            redis::cluster::ClusterClient::new(nodes.clone()).map_err(StoreError::backend)?;
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+            .build()
+            .map_err(StoreError::backend)?;
         let conn = client
             .get_async_connection()
             .await
@@ -262,6 +268,15 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
         store.hub = redis_watch::spawn(Subscriber::Cluster(nodes));
         Ok(store)
     }
+}
+
+/// Turns Nagle's algorithm off for the store's connection (redis-rs leaves it on). With it on, a
+/// request written while an earlier one on the same multiplexed connection is unanswered
+/// waits for that answer's acknowledgement: on loopback that is microseconds, across a network
+/// a round trip added to requests that arrive together (`scripts/load.sh` with `DELAY_US`).
+pub(crate) fn no_delay(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    info.set_tcp_settings(tcp)
 }
 
 impl<C> RedisStore<C>

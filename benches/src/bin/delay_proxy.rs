@@ -63,12 +63,17 @@
 //! | path          | `-c 1` p50 | `-c 1` p99 | `-c 64` p50 | `-c 64` req/s | CPU/req, 1 / 64 |
 //! |---------------|------------|------------|-------------|---------------|-----------------|
 //! | direct        | 0.095 ms   | 0.279 ms   | 0.375 ms    | 86 800        | -               |
-//! | proxy, 0 us   | 0.119 ms   | 0.343 ms   | 0.655 ms    | 71 900        | 50 us / 8.7 us  |
+//! | relay, 0 us   | 0.119 ms   | 0.343 ms   | 0.655 ms    | 71 900        | 50 us / 8.7 us  |
 //! | proxy, 125 us | 0.383 ms   | 0.775 ms   | 0.903 ms    | 53 900        | 406 us / 18 us  |
 //! | proxy, 250 us | 0.647 ms   | 1.119 ms   | 1.023 ms    | 49 300        | 675 us / 19 us  |
 //!
-//! At a delay of 0 the proxy adds 24 us to a round trip (p50): its two wake-ups, which are also
-//! most of its CPU per request at `-c 1` (37 % of a core). With a delay, the `-c 1` round trip
+//! The 0 us row is the plain relay a delay of 0 once took (no line, no linger): it added 24 us
+//! to a round trip (p50), its two wake-ups, which were also most of its CPU per request at
+//! `-c 1` (37 % of a core). On a busier day (December 3rd) the same relay added about 1 ms per
+//! round trip to the load comparison at one connection, because each of its wake-ups waited for
+//! a halted vCPU; the line at 0 us, which lingers, made a direct `-c 1` `GET` (4,700/s, p95
+//! 1.4 ms that day) twice as fast (8,800/s, p95 0.13 ms), by keeping a core awake. So a run at
+//! 0 us through the line, not a direct run, is the zero of the delayed figures. With a delay, the `-c 1` round trip
 //! is the delay-0 one plus 2 x `DELAY_US` plus 14 us (125 us) or 28 us (250 us), and the proxy
 //! keeps a core busy (98 %: the spin is its CPU per request). No round trip is shorter than
 //! 2 x `DELAY_US` (the minimum is 0.264 ms at 125 us, 0.528 ms at 250 us). At `-c 64` the p50

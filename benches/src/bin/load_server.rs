@@ -116,6 +116,15 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The hand-made variants' client: as `RedisStore::connect`'s, with `TCP_NODELAY` (redis-rs
+/// leaves Nagle's algorithm on, which holds back requests written while others are unanswered).
+fn redis_client(redis_url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = redis_url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
+}
+
 /// Scripts of the same shape as our store's: lock-or-read, then record; or one read.
 struct Manual {
     conn: ConnectionManager,
@@ -125,7 +134,7 @@ struct Manual {
 }
 
 async fn manual(redis_url: &str, first: bool) -> Result<Router, BoxError> {
-    let conn = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+    let conn = ConnectionManager::new(redis_client(redis_url)?).await?;
     let manual = Arc::new(Manual {
         conn,
         begin: Script::new(
@@ -189,7 +198,7 @@ struct Textbook {
 }
 
 async fn textbook(redis_url: &str) -> Result<Router, BoxError> {
-    let conn = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+    let conn = ConnectionManager::new(redis_client(redis_url)?).await?;
     let textbook = Arc::new(Textbook {
         conn,
         unlock: Script::new(
