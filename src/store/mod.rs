@@ -32,6 +32,8 @@ mod postgres_watch;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
+mod redis_lanes;
+#[cfg(feature = "redis")]
 mod redis_watch;
 mod replay_cache;
 mod tiered;

@@ -26,6 +26,7 @@ use redis::{
 
 use super::{
     error::Unreachable,
+    redis_lanes::Lanes,
     redis_watch::{self, Subscriber},
     BeginOutcome, FencingToken, IdempotencyStore, KeyHub, KeyWatch, LeaseToken, ReplayTier,
     StoreError, StoreKey, WatchKeys,
@@ -190,6 +191,9 @@ pub struct RedisStore<C = ConnectionManager> {
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
     replica_acks: Option<ReplicaAcks>,
+    /// Connections for the calls that wait for replicas, when the store made its own
+    /// connection: `WAIT` blocks the connection it is sent on (see `redis_lanes`).
+    lanes: Option<Arc<Lanes>>,
     /// The waiters of this process and the subscriber that wakes them, when the store made
     /// its own connection (see [`WatchKeys`]).
     hub: Option<Arc<KeyHub>>,
@@ -230,6 +234,7 @@ impl RedisStore<ConnectionManager> {
             })?;
         let mut store = Self::new(conn);
         store.load_scripts().await?;
+        store.lanes = Some(Arc::new(Lanes::new(client.clone())));
         store.hub = redis_watch::resp3(&client)
             .ok()
             .and_then(|client| redis_watch::spawn(Subscriber::Server(client)));
@@ -291,6 +296,7 @@ where
             prefix: Arc::from(DEFAULT_PREFIX),
             scripts: Arc::new(Scripts::new(Publish::Plain)),
             replica_acks: None,
+            lanes: None,
             hub: None,
         }
     }
@@ -313,16 +319,15 @@ where
     /// the key), and a response whose record is not yet on enough replicas is written again
     /// until it is, within the lease. Lease renewals are confirmed the same way.
     ///
-    /// The price is throughput under concurrency, not only latency. `WAIT` blocks the connection
-    /// it is sent on until the replicas answer, and the store's requests share one multiplexed
-    /// connection (per primary on a cluster): every other request of the process queues behind
-    /// each `WAIT`, so first executions go through about one at a time, each costing two round
-    /// trips to a replica. Measured with `scripts/load.sh` (variant `ca`, 64 connections, one
-    /// replica): 0.24 of the throughput without acks with no delay, 0.04 with 0.5 ms of round
-    /// trip to Redis and between the primary and the replica (364 first executions/s); at one
-    /// connection, a first execution took 0.56 ms instead of 0.39 with no delay, and 3.2 ms
-    /// instead of 1.8 at 0.5 ms. Use it where first executions are few, or
-    /// prefer a [`TieredStore`](crate::TieredStore) with `PostgresStore` behind Redis.
+    /// `WAIT` blocks the connection it is sent on until the replicas answer. A store made by
+    /// [`RedisStore::connect`] sends each call that waits on a connection of its own (opened
+    /// when first needed, up to 64 in use at once, kept for the next call), so `WAIT`s overlap
+    /// and the store's other requests never queue behind one. A store made by
+    /// [`RedisStore::new`] or [`RedisStore::connect_cluster`] has only its one connection (per
+    /// primary): every other request of the process queues behind each `WAIT`, and first
+    /// executions go through about one at a time (measured with `scripts/load.sh`, variant
+    /// `ca`, 64 connections, 0.5 ms of round trip: 0.04 of the throughput without acks). Either
+    /// way, a first execution costs two more round trips, from the primary to a replica.
     ///
     /// Keep `timeout` well below the layer's store timeout. A primary with fewer live replicas
     /// than `replicas` refuses every first execution until they come back, so ask for fewer
@@ -396,16 +401,17 @@ where
                 Request::Confirmed(pipe, acks.replicas)
             }
         };
-        let mut conn = self.conn.clone();
-        match request.send(&mut conn).await {
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(StoreError::backend)?;
-                request.send(&mut conn).await
+        match (&request, &self.lanes) {
+            // A connection of its own, so that no other request queues behind the `WAIT`.
+            (Request::Confirmed(..), Some(lanes)) => {
+                let mut lane = lanes.take().await.map_err(StoreError::backend)?;
+                let reply = request.send_loading(script, lane.conn()).await;
+                if reply.is_ok() {
+                    lane.give_back();
+                }
+                reply
             }
-            result => result,
+            _ => request.send_loading(script, &mut self.conn.clone()).await,
         }
         .map_err(StoreError::backend)
     }
@@ -503,6 +509,21 @@ impl Reply {
 }
 
 impl Request {
+    /// Sends the request; when the server lost the script, loads it and sends the request again.
+    async fn send_loading(
+        &self,
+        script: &Script,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<Reply> {
+        match self.send(conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(conn).await?;
+                self.send(conn).await
+            }
+            result => result,
+        }
+    }
+
     async fn send(&self, conn: &mut impl ConnectionLike) -> RedisResult<Reply> {
         match self {
             Self::Plain(call) => Ok(Reply {
