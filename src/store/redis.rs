@@ -408,6 +408,8 @@ where
                 let reply = request.send_loading(script, lane.conn()).await;
                 if reply.is_ok() {
                     lane.give_back();
+                } else {
+                    lane.discard();
                 }
                 reply
             }

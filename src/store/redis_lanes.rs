@@ -7,7 +7,8 @@
 //! without acks on loopback and 0.04 at 0.5 ms of round trip (`scripts/load.sh`, variant `ca`).
 //! Here each confirmed call takes a connection no other call uses while it waits, so `WAIT`s
 //! overlap and nothing else queues behind them. Connections are opened when first needed, up
-//! to [`MAX_LANES`] in use at once, and kept idle for the next call; one that failed is dropped.
+//! to [`MAX_LANES`] in use at once, and kept idle for the next call; a failed call drops its
+//! lane and the idle ones.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -77,9 +78,15 @@ impl Lane<'_> {
         &mut self.conn
     }
 
-    /// For the next call, once this one has its answer. A lane whose call failed is dropped
-    /// instead: it may hold a broken connection, or an answer still on its way.
+    /// For the next call, once this one has its answer.
     pub(super) fn give_back(self) {
         self.lanes.lock_idle().push(self.conn);
+    }
+
+    /// After a failed call: this lane may hold a broken connection, or an answer still on its
+    /// way, so it goes; and a failure most often means the server went away (a restart, a
+    /// failover), so the idle lanes go too, instead of failing one request each in turn.
+    pub(super) fn discard(self) {
+        self.lanes.lock_idle().clear();
     }
 }
