@@ -275,11 +275,11 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     }
 }
 
-/// Turns Nagle's algorithm off for the store's connection (redis-rs leaves it on). With it on, a
-/// request written while an earlier one on the same multiplexed connection is unanswered
-/// waits for that answer's acknowledgement: on loopback that is microseconds, across a network
-/// a round trip added to requests that arrive together (`scripts/load.sh` with `DELAY_US`).
-pub(crate) fn no_delay(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+/// Turns Nagle's algorithm off for the store's connection (redis-rs leaves it on), as hiredis and
+/// Go's clients do. With it on, a small request written while an earlier one on the same
+/// multiplexed connection is unacknowledged may wait for that acknowledgement, a round trip
+/// across a network. (The load runs at 0.5 ms measured no difference either way.)
+fn no_delay(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
     let tcp = info.tcp_settings().clone().set_nodelay(true);
     info.set_tcp_settings(tcp)
 }
