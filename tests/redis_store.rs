@@ -373,3 +373,62 @@ async fn calls_waiting_for_replicas_wait_side_by_side_and_hold_up_nothing() {
     assert!(waiting.try_join_next().is_none(), "a WAIT ended early");
     waiting.abort_all();
 }
+
+/// After a restart, the connections kept for calls that wait for replicas are all broken: one
+/// call finds out, and the rest get new ones (and the scripts loaded again) instead of failing
+/// one request each in turn.
+#[tokio::test]
+async fn after_a_restart_one_waiting_call_fails_and_the_next_reaches_the_server() {
+    use tower_idempotency::{Fingerprint, IdempotencyStore, LeaseToken, StoreError};
+
+    let mut redis = TestRedis::start_own().await;
+    // No replica: every `WAIT` times out and the call answers `Unreplicated`, which is how a
+    // call that reached the server shows here.
+    let store = RedisStore::connect(redis.url())
+        .await
+        .unwrap()
+        .with_replica_acks(1, std::time::Duration::from_millis(200));
+    let begin = |n: u32| {
+        let store = store.clone();
+        async move {
+            let key = StoreKey::derive(None, "POST", "/orders", &format!("k{n}"));
+            store
+                .begin(
+                    &key,
+                    &Fingerprint::sha256(b"{}"),
+                    &LeaseToken::generate(),
+                    std::time::Duration::from_secs(60),
+                )
+                .await
+        }
+    };
+    let reached_the_server = |result: &Result<_, StoreError>| {
+        matches!(
+            result,
+            Err(StoreError::Unreplicated {
+                acked: 0,
+                wanted: 1
+            })
+        )
+    };
+
+    // Three calls at once: three connections, kept idle afterwards.
+    let (a, b, c) = tokio::join!(begin(0), begin(1), begin(2));
+    for result in [&a, &b, &c] {
+        assert!(reached_the_server(result), "{result:?}");
+    }
+
+    let server = redis.server().expect("a spawned server");
+    server.stop();
+    server.start().unwrap();
+
+    let mut failed = 0;
+    for n in 3..6 {
+        let result = begin(n).await;
+        if !reached_the_server(&result) {
+            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1, "each kept connection failed a call of its own");
+}
