@@ -374,49 +374,77 @@ async fn calls_waiting_for_replicas_wait_side_by_side_and_hold_up_nothing() {
     waiting.abort_all();
 }
 
+/// A store waiting for one replica on a server that has none: every confirmed call that
+/// reaches the server waits out `WAIT`'s 200 ms and answers `Unreplicated`.
+async fn unreplicated_store(redis: &TestRedis) -> RedisStore {
+    RedisStore::connect(redis.url())
+        .await
+        .unwrap()
+        .with_replica_acks(1, std::time::Duration::from_millis(200))
+}
+
+/// `begin` on a key of its own, `n`: a call that waits for replicas.
+async fn begin_waiting(
+    store: &RedisStore,
+    n: u32,
+) -> Result<tower_idempotency::BeginOutcome, tower_idempotency::StoreError> {
+    use tower_idempotency::{Fingerprint, IdempotencyStore, LeaseToken};
+
+    let key = StoreKey::derive(None, "POST", "/orders", &format!("k{n}"));
+    store
+        .begin(
+            &key,
+            &Fingerprint::sha256(b"{}"),
+            &LeaseToken::generate(),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+}
+
+/// How a call of [`unreplicated_store`] that reached the server answers.
+fn reached_the_server<T>(result: &Result<T, tower_idempotency::StoreError>) -> bool {
+    matches!(
+        result,
+        Err(tower_idempotency::StoreError::Unreplicated {
+            acked: 0,
+            wanted: 1
+        })
+    )
+}
+
+/// Three waiting calls at once: three connections of their own, kept idle afterwards.
+async fn keep_three_waiting_connections(store: &RedisStore) {
+    let (a, b, c) = tokio::join!(
+        begin_waiting(store, 0),
+        begin_waiting(store, 1),
+        begin_waiting(store, 2)
+    );
+    for result in [&a, &b, &c] {
+        assert!(reached_the_server(result), "{result:?}");
+    }
+}
+
+/// The connections the server has accepted since it started (`INFO stats`).
+async fn connections_accepted(probe: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(probe)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("INFO stats names total_connections_received")
+}
+
 /// After a restart, the connections kept for calls that wait for replicas are all broken: one
 /// call finds out, and the rest get new ones (and the scripts loaded again) instead of failing
 /// one request each in turn.
 #[tokio::test]
 async fn after_a_restart_one_waiting_call_fails_and_the_next_reaches_the_server() {
-    use tower_idempotency::{Fingerprint, IdempotencyStore, LeaseToken, StoreError};
-
     let mut redis = TestRedis::start_own().await;
-    // No replica: every `WAIT` times out and the call answers `Unreplicated`, which is how a
-    // call that reached the server shows here.
-    let store = RedisStore::connect(redis.url())
-        .await
-        .unwrap()
-        .with_replica_acks(1, std::time::Duration::from_millis(200));
-    let begin = |n: u32| {
-        let store = store.clone();
-        async move {
-            let key = StoreKey::derive(None, "POST", "/orders", &format!("k{n}"));
-            store
-                .begin(
-                    &key,
-                    &Fingerprint::sha256(b"{}"),
-                    &LeaseToken::generate(),
-                    std::time::Duration::from_secs(60),
-                )
-                .await
-        }
-    };
-    let reached_the_server = |result: &Result<_, StoreError>| {
-        matches!(
-            result,
-            Err(StoreError::Unreplicated {
-                acked: 0,
-                wanted: 1
-            })
-        )
-    };
-
-    // Three calls at once: three connections, kept idle afterwards.
-    let (a, b, c) = tokio::join!(begin(0), begin(1), begin(2));
-    for result in [&a, &b, &c] {
-        assert!(reached_the_server(result), "{result:?}");
-    }
+    let store = unreplicated_store(&redis).await;
+    keep_three_waiting_connections(&store).await;
 
     let server = redis.server().expect("a spawned server");
     server.stop();
@@ -424,11 +452,90 @@ async fn after_a_restart_one_waiting_call_fails_and_the_next_reaches_the_server(
 
     let mut failed = 0;
     for n in 3..6 {
-        let result = begin(n).await;
+        let result = begin_waiting(&store, n).await;
         if !reached_the_server(&result) {
-            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(tower_idempotency::StoreError::Backend(_))),
+                "{result:?}"
+            );
             failed += 1;
         }
     }
     assert_eq!(failed, 1, "each kept connection failed a call of its own");
+}
+
+/// A waiting call cut off by a timeout (a server gone silent, here paused) closes the kept
+/// connections too: each would otherwise cost a request a full timeout of its own.
+#[tokio::test]
+async fn a_waiting_call_cut_off_by_a_timeout_drops_the_kept_connections() {
+    let redis = TestRedis::start_own().await;
+    let store = unreplicated_store(&redis).await;
+    keep_three_waiting_connections(&store).await;
+    let mut probe = redis.connection().await;
+    let accepted = connections_accepted(&mut probe).await;
+
+    // Paused, the server answers nothing (the probe's `CLIENT UNPAUSE` neither): the pause
+    // ends by itself, and the next call waits for that.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("ALL")
+        .query_async(&mut probe)
+        .await
+        .unwrap();
+    let cut_off = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        begin_waiting(&store, 3),
+    )
+    .await;
+    assert!(cut_off.is_err(), "the paused server answered: {cut_off:?}");
+
+    let next = begin_waiting(&store, 4).await;
+    assert!(reached_the_server(&next), "{next:?}");
+    assert_eq!(
+        connections_accepted(&mut probe).await - accepted,
+        1,
+        "the next call reused a connection kept from before the timeout"
+    );
+}
+
+/// An error reply (here `OOM`) leaves the connection as good as before: it is kept, and the
+/// next call opens none.
+#[tokio::test]
+async fn a_waiting_call_answered_with_an_error_keeps_its_connection() {
+    let redis = TestRedis::start_own().await;
+    let store = unreplicated_store(&redis).await;
+    keep_three_waiting_connections(&store).await;
+    let mut probe = redis.connection().await;
+    let accepted = connections_accepted(&mut probe).await;
+
+    let set_maxmemory = |bytes: &'static str| {
+        let mut probe = probe.clone();
+        async move {
+            let () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut probe)
+                .await
+                .unwrap();
+        }
+    };
+    set_maxmemory("1").await;
+    let refused = begin_waiting(&store, 3).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.to_string().contains("OOM")),
+        "{refused:?}"
+    );
+    set_maxmemory("0").await;
+
+    let next = begin_waiting(&store, 4).await;
+    assert!(reached_the_server(&next), "{next:?}");
+    assert_eq!(
+        connections_accepted(&mut probe).await,
+        accepted,
+        "a connection was opened after an error reply"
+    );
 }

@@ -321,8 +321,9 @@ where
     ///
     /// `WAIT` blocks the connection it is sent on until the replicas answer. A store made by
     /// [`RedisStore::connect`] sends each call that waits on a connection of its own (opened
-    /// when first needed, up to 64 in use at once, kept for the next call), so `WAIT`s overlap
-    /// and the store's other requests never queue behind one. A store made by
+    /// when first needed, up to 64 in use at once, kept up to 30 s for the next call; all are
+    /// closed when one breaks or times out), so `WAIT`s overlap and the store's other requests
+    /// never queue behind one. A store made by
     /// [`RedisStore::new`] or [`RedisStore::connect_cluster`] has only its one connection (per
     /// primary): every other request of the process queues behind each `WAIT`, and first
     /// executions go through about one at a time (measured with `scripts/load.sh`, variant
@@ -406,11 +407,7 @@ where
             (Request::Confirmed(..), Some(lanes)) => {
                 let mut lane = lanes.take().await.map_err(StoreError::backend)?;
                 let reply = request.send_loading(script, lane.conn()).await;
-                if reply.is_ok() {
-                    lane.give_back();
-                } else {
-                    lane.discard();
-                }
+                lane.finish(&reply);
                 reply
             }
             _ => request.send_loading(script, &mut self.conn.clone()).await,

@@ -7,28 +7,51 @@
 //! without acks on loopback and 0.04 at 0.5 ms of round trip (`scripts/load.sh`, variant `ca`).
 //! Here each confirmed call takes a connection no other call uses while it waits, so `WAIT`s
 //! overlap and nothing else queues behind them. Connections are opened when first needed, up
-//! to [`MAX_LANES`] in use at once, and kept idle for the next call; a failed call drops its
-//! lane and the idle ones.
+//! to [`MAX_LANES`] in use at once, and kept idle for the next call, for at most [`MAX_IDLE`].
+//!
+//! A lane goes back to the idle ones only when its call was answered, an error reply included.
+//! A call that broke off (a connection error, the layer's store timeout) drops its lane and
+//! the idle ones too: a broken connection most often means the server went away (a restart, a
+//! failover, a silent host), and every idle lane would otherwise fail a request of its own,
+//! each after a full store timeout when the server went silent. Calls that had already taken
+//! an idle lane when the server went away fail each on its own.
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
-use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client, RedisResult};
+use redis::{
+    aio::MultiplexedConnection, AsyncConnectionConfig, Client, ErrorKind, RedisError, RedisResult,
+};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The most confirmed calls in flight at once; more wait for a lane. Each holds a connection
 /// for about one round trip to Redis plus one from Redis to its replicas.
 pub(super) const MAX_LANES: usize = 64;
 
+/// How long a lane stays idle before it is closed instead of reused: a connection unused for
+/// long may have been closed by the server (`timeout`) or a load balancer in between without a
+/// word, and the call that found out would fail. Reopening costs one connection's set-up.
+pub(super) const MAX_IDLE: Duration = Duration::from_secs(30);
+
 pub(super) struct Lanes {
     client: Client,
-    idle: Mutex<Vec<MultiplexedConnection>>,
+    /// Most recently given back last.
+    idle: Mutex<Vec<IdleLane>>,
     permits: Semaphore,
+}
+
+struct IdleLane {
+    conn: MultiplexedConnection,
+    since: Instant,
 }
 
 /// A connection no other call uses until it is given back (or dropped, with its connection).
 pub(super) struct Lane<'a> {
     lanes: &'a Lanes,
     conn: MultiplexedConnection,
+    given_back: bool,
     _permit: Option<SemaphorePermit<'a>>,
 }
 
@@ -46,7 +69,7 @@ impl Lanes {
     pub(super) async fn take(&self) -> RedisResult<Lane<'_>> {
         // `None` only if the semaphore were closed, which it never is.
         let permit = self.permits.acquire().await.ok();
-        let idle = self.lock_idle().pop();
+        let idle = self.take_idle();
         let conn = match idle {
             Some(conn) => conn,
             None => {
@@ -61,12 +84,25 @@ impl Lanes {
         Ok(Lane {
             lanes: self,
             conn,
+            given_back: false,
             _permit: permit,
         })
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<MultiplexedConnection>> {
-        // The list is valid whatever a panicking holder did: a push or a pop.
+    /// The most recently used idle lane, unless it (and so every other) sat idle too long.
+    fn take_idle(&self) -> Option<MultiplexedConnection> {
+        let mut idle = self.lock_idle();
+        let lane = idle.pop()?;
+        if lane.since.elapsed() < MAX_IDLE {
+            Some(lane.conn)
+        } else {
+            idle.clear();
+            None
+        }
+    }
+
+    fn lock_idle(&self) -> MutexGuard<'_, Vec<IdleLane>> {
+        // The list is valid whatever a panicking holder did: a push, a pop or a clear.
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -78,15 +114,33 @@ impl Lane<'_> {
         &mut self.conn
     }
 
-    /// For the next call, once this one has its answer.
-    pub(super) fn give_back(self) {
-        self.lanes.lock_idle().push(self.conn);
+    /// Ends the call: the lane goes back for the next call when the server answered it, and is
+    /// dropped otherwise (see the module's docs).
+    pub(super) fn finish<T>(mut self, reply: &RedisResult<T>) {
+        if reply.as_ref().err().is_none_or(answered) {
+            let conn = self.conn.clone();
+            let mut idle = self.lanes.lock_idle();
+            idle.push(IdleLane {
+                conn,
+                since: Instant::now(),
+            });
+            self.given_back = true;
+        }
     }
+}
 
-    /// After a failed call: this lane may hold a broken connection, or an answer still on its
-    /// way, so it goes; and a failure most often means the server went away (a restart, a
-    /// failover), so the idle lanes go too, instead of failing one request each in turn.
-    pub(super) fn discard(self) {
-        self.lanes.lock_idle().clear();
+impl Drop for Lane<'_> {
+    /// A lane not given back may hold a broken connection or an answer still on its way; the
+    /// idle lanes most likely lead to the same server, gone: all are closed.
+    fn drop(&mut self) {
+        if !self.given_back {
+            self.lanes.lock_idle().clear();
+        }
     }
+}
+
+/// Whether `error` is the server's reply, read whole, after which the connection is as good as
+/// before (an `OOM`, a `BUSY`, a script's error), rather than a connection that broke.
+fn answered(error: &RedisError) -> bool {
+    matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
