@@ -42,12 +42,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The statement `reap_expired` runs (`Queries::for_table`, src/store/postgres.rs), for `EXPLAIN`;
-/// keep it in step with the store.
-const REAP: &str = "DELETE FROM idempotency_records WHERE key = ANY(ARRAY(
-    SELECT key FROM idempotency_records WHERE expires_at <= now() LIMIT 10000
-)) AND expires_at <= now()";
-
 /// `rows` expired completed records, as `begin` and `complete` leave them, in one statement.
 const FILL: &str = "INSERT INTO idempotency_records
         (key, state, fingerprint, token, record, expires_at, waiting)
@@ -279,7 +273,7 @@ async fn run(url: &str) -> Result<(), BoxError> {
     sqlx::raw_sql("CHECKPOINT").execute(&pool).await?;
     let vacuum_time = vacuuming.elapsed();
     let bytes_before = table_bytes(&pool).await?;
-    let plan: Vec<String> = sqlx::query(&format!("EXPLAIN {REAP}"))
+    let plan: Vec<String> = sqlx::query(&format!("EXPLAIN {}", store.reap_statement()))
         .fetch_all(&pool)
         .await?
         .iter()
@@ -330,12 +324,15 @@ async fn run(url: &str) -> Result<(), BoxError> {
     let bytes_after = table_bytes(&pool).await?;
     // What a reap costs once nothing is left to delete (the reaper's usual call): nothing is
     // expired, so this deletes nothing.
-    let idle_plan: Vec<String> = sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {REAP}"))
-        .fetch_all(&pool)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()?;
+    let idle_plan: Vec<String> = sqlx::query(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS) {}",
+        store.reap_statement()
+    ))
+    .fetch_all(&pool)
+    .await?
+    .iter()
+    .map(|row| row.try_get::<String, _>(0))
+    .collect::<Result<_, _>>()?;
 
     let before: Vec<Duration> = samples
         .samples

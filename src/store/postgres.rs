@@ -213,6 +213,13 @@ impl PostgresStore {
         Ok(done.rows_affected())
     }
 
+    /// The statement [`reap_expired`](Self::reap_expired) runs, so that the reaper bench
+    /// explains the statement itself, not a copy.
+    #[doc(hidden)]
+    pub fn reap_statement(&self) -> &str {
+        &self.queries.reap
+    }
+
     /// Every `every`, on the current Tokio runtime, deletes the expired rows, a
     /// [`reap_expired`](Self::reap_expired) batch at a time until a batch comes back short,
     /// until the returned handle is aborted. (One batch per tick would fall behind any
