@@ -381,6 +381,14 @@ for name, what, m, low, high in rows:
           f"| {m['p99']:,.0f} us | {cpu_text(m['server'])} | {cpu_text(m['redis'])} "
           f"| {cpu_text(m['postgres'])} | {m['bad']} |")
 print()
+
+def print_ratio(label, num, den, target, metric):
+    """One line: the median over rounds of num's metric over den's, each round's beside it."""
+    ratios = [n[metric] / d[metric] for n, d in zip(runs[num], runs[den])]
+    rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
+          + (f"; target {target}" if target else ""))
+
 for label, num, den, target in [
     ("(c)/(b1) first execution vs hand-made round trips", "c", "b1", ">= 0.8"),
     ("(ca)/(c) first execution waiting for a replica vs without", "ca", "c", ""),
@@ -402,10 +410,7 @@ for label, num, den, target in [
 ]:
     if num not in runs or den not in runs:
         continue
-    ratios = [n["rps"] / d["rps"] for n, d in zip(runs[num], runs[den])]
-    rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
-          + (f"; target {target}" if target else ""))
+    print_ratio(label, num, den, target, "rps")
 # Latency: what one connection (CONNECTIONS=1) is about. Lower is better here.
 p50_pairs = [
     ("(c)/(b4) first execution vs the textbook design", "c", "b4", "<= 0.6 at 0.5 ms round trip"),
@@ -420,8 +425,5 @@ shown = [pair for pair in p50_pairs if pair[1] in runs and pair[2] in runs]
 if shown:
     print("\np50 ratios (lower is better):\n")
 for label, num, den, target in shown:
-    ratios = [n["p50"] / d["p50"] for n, d in zip(runs[num], runs[den])]
-    rounds_text = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"- {label}: **{statistics.median(ratios):.2f}** (rounds: {rounds_text})"
-          + (f"; target {target}" if target else ""))
+    print_ratio(label, num, den, target, "p50")
 PY

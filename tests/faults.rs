@@ -100,13 +100,7 @@ async fn a_stalled_redis_gives_503_within_the_store_timeout() {
     let timeout = Duration::from_millis(300);
     let svc = handler.service(IdempotencyLayer::new(store).with_store_timeout(timeout));
     let mut probe = redis.connection().await;
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("ALL")
-        .query_async(&mut probe)
-        .await
-        .unwrap();
+    test_support::pause_all_clients(&mut probe, Duration::from_millis(2000)).await;
 
     let started = Instant::now();
     let answer = send(&svc, post("/orders", Some("stalled"), "{}")).await;

@@ -474,15 +474,8 @@ async fn a_waiting_call_cut_off_by_a_timeout_drops_the_kept_connections() {
     let mut probe = redis.connection().await;
     let accepted = connections_accepted(&mut probe).await;
 
-    // Paused, the server answers nothing (the probe's `CLIENT UNPAUSE` neither): the pause
-    // ends by itself, and the next call waits for that.
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("ALL")
-        .query_async(&mut probe)
-        .await
-        .unwrap();
+    // Paused, the server answers nothing; the next call waits for the pause to end.
+    test_support::pause_all_clients(&mut probe, std::time::Duration::from_millis(1000)).await;
     let cut_off = tokio::time::timeout(
         std::time::Duration::from_millis(100),
         begin_waiting(&store, 3),

@@ -150,13 +150,7 @@ async fn a_fast_tier_outage_degrades_to_the_durable_tier() {
     // A fast tier that hangs (paused for longer than the layer's 2 s store timeout): each fast
     // call gives up after 50 ms, and the durable tier answers in time.
     let mut probe = redis.connection().await;
-    let () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3000)
-        .arg("ALL")
-        .query_async(&mut probe)
-        .await
-        .unwrap();
+    test_support::pause_all_clients(&mut probe, Duration::from_millis(3000)).await;
     let replay = send(&svc, post("/orders", Some("recorded"), "{}")).await;
     assert!(
         replay.replayed(),

@@ -17,4 +17,4 @@ pub mod server;
 
 pub use cluster::TestCluster;
 pub use postgres::TestPostgres;
-pub use server::{unique_prefix, RedisServer, SpawnError, TestRedis};
+pub use server::{pause_all_clients, unique_prefix, RedisServer, SpawnError, TestRedis};

@@ -112,6 +112,19 @@ impl TestRedis {
     }
 }
 
+/// Makes the server answer no client for `how_long` (`CLIENT PAUSE ... ALL`), as a host gone
+/// silent would. The pause ends by itself: a `CLIENT UNPAUSE` would wait for it like any other
+/// command.
+pub async fn pause_all_clients(conn: &mut redis::aio::MultiplexedConnection, how_long: Duration) {
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(u64::try_from(how_long.as_millis()).unwrap_or(u64::MAX))
+        .arg("ALL")
+        .query_async(conn)
+        .await
+        .expect("CLIENT PAUSE");
+}
+
 /// A key prefix no other test uses, for sharing one server.
 pub fn unique_prefix(test: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -36,7 +36,7 @@ use axum::{
     body::Bytes,
     extract::State,
     http::{HeaderMap, StatusCode},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::post,
     Router,
 };
@@ -131,6 +131,16 @@ struct Manual {
     begin: Script,
     complete: Script,
     replay: Script,
+}
+
+/// How a hand-made variant answers once its store calls have decided: the handler runs
+/// (`None`), a refusal, or 503 when the store failed.
+async fn answer<E>(decided: Result<Option<StatusCode>, E>, order: Bytes) -> Response {
+    match decided {
+        Ok(None) => create_order(order).await.into_response(),
+        Ok(Some(status)) => status.into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 async fn manual(redis_url: &str, first: bool) -> Result<Router, BoxError> {
@@ -253,11 +263,7 @@ async fn textbook(redis_url: &str) -> Result<Router, BoxError> {
             Ok(None)
         }
         .await;
-        match outcome {
-            Ok(None) => create_order(order).await.into_response(),
-            Ok(Some(status)) => status.into_response(),
-            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        }
+        answer(outcome, order).await
     };
     Ok(Router::new()
         .route("/orders", post(handler))
@@ -412,11 +418,7 @@ async fn manual_pg(database_url: &str) -> Result<Router, BoxError> {
             })
         }
         .await;
-        match result {
-            Ok(None) => create_order(order).await.into_response(),
-            Ok(Some(status)) => status.into_response(),
-            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        }
+        answer(result, order).await
     };
     Ok(Router::new()
         .route("/orders", post(handler))
