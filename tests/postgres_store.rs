@@ -302,3 +302,40 @@ async fn the_reaper_deletes_every_expired_row_each_tick_not_one_batch() {
     }
     reaper.abort();
 }
+
+/// A row waited on stays a minute past its expiry, so that the waiter that takes the key over
+/// keeps its mark (and its fellow waiters their wake-up); an expired row nobody waits on, and a
+/// row waited on that expired longer ago, go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_leaves_a_row_waited_on_a_minute_past_its_expiry() {
+    let (store, pg) = common::postgres_store().await;
+    let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+    // (n, waiting, expired this long ago)
+    let rows = [
+        (1, true, "1 second"),
+        (2, true, "2 minutes"),
+        (3, false, "1 second"),
+    ];
+    for (n, waiting, ago) in rows {
+        sqlx::query(
+            "INSERT INTO idempotency_records (key, state, fingerprint, expires_at, waiting)
+             VALUES (sha256(int4send(800000 + $1)), 'p', '\\x00', now() - $3::interval, $2)",
+        )
+        .bind(n)
+        .bind(waiting)
+        .bind(ago)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    store.reap_expired().await.unwrap();
+    // Its own rows only: other tests may share the table.
+    let left: Vec<i32> = sqlx::query_scalar(
+        "SELECT n FROM generate_series(1, 3) AS n
+         WHERE EXISTS (SELECT 1 FROM idempotency_records WHERE key = sha256(int4send(800000 + n)))",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, [1], "rows left after the reaper");
+}

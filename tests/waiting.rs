@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use test_support::TestRedis;
 use tokio::{task::JoinSet, time::Instant};
-use tower_idempotency::{IdempotencyLayer, RedisStore, WatchKeys};
+use tower_idempotency::{IdempotencyLayer, RedisStore, StoreKey, WatchKeys};
 
 use common::{counting_store::CountingStore, eventually, post, send, Handler, DEADLINE};
 
@@ -300,6 +300,173 @@ async fn waiters_finish_when_the_postgres_listener_is_killed() {
         assert_eq!(answer.body, first.body);
     }
     assert_eq!(handler.executions(), 1);
+}
+
+/// How many backends wait for a lock another holds.
+#[cfg(feature = "postgres")]
+async fn blocked_backends(admin: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Polls until `backends` wait for a lock, failing after [`DEADLINE`].
+#[cfg(feature = "postgres")]
+async fn until_blocked(admin: &sqlx::PgPool, backends: i64, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while blocked_backends(admin).await < backends {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A PostgreSQL store whose waiters are woken only by a notification: its lease and its
+/// wait outlast the test.
+#[cfg(feature = "postgres")]
+struct Waiting {
+    store: CountingStore<tower_idempotency::PostgresStore>,
+    admin: sqlx::PgPool,
+    handler: Handler,
+    svc: common::TestService,
+    _pg: test_support::TestPostgres,
+}
+
+#[cfg(feature = "postgres")]
+impl Waiting {
+    async fn start() -> Self {
+        let (store, pg) = common::postgres_store().await;
+        let store = CountingStore::new(store);
+        let admin = sqlx::PgPool::connect(pg.url()).await.expect("connect");
+        let handler = Handler::new();
+        let layer = IdempotencyLayer::new(store.clone())
+            .with_lease_ttl(Duration::from_secs(120))
+            .with_wait(DEADLINE);
+        let svc = handler.service(layer);
+        Self {
+            store,
+            admin,
+            handler,
+            svc,
+            _pg: pg,
+        }
+    }
+}
+
+/// Locks `key`'s row in a transaction of its own, until it ends.
+#[cfg(feature = "postgres")]
+async fn hold_row(
+    admin: &sqlx::PgPool,
+    key: &StoreKey,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut hold = admin.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM idempotency_records WHERE key = $1 FOR UPDATE")
+        .bind(&key.as_bytes()[..])
+        .execute(&mut *hold)
+        .await
+        .expect("lock the row");
+    hold
+}
+
+/// Two waiters were let look at a key with no execution in progress: one of them runs
+/// (gated), and once the other has looked again and waits, the execution ends. The other must
+/// be woken: both are answered within 5 s, one with the replay.
+#[cfg(feature = "postgres")]
+async fn one_waiter_runs_and_wakes_the_other<St: WatchKeys>(
+    handler: &Handler,
+    store: &CountingStore<St>,
+    waiters: JoinSet<common::Answer>,
+) {
+    eventually("a waiter to run", || handler.executions() == 2).await;
+    // The first request's look, and two for each waiter.
+    eventually("the other to wait", || store.begins() == 1 + 2 * 2).await;
+    handler.open_gate();
+    let answers = tokio::time::timeout(Duration::from_secs(5), waiters.join_all())
+        .await
+        .expect("both waiters answered within 5 s of the execution");
+    assert!(answers.iter().all(|a| a.status == StatusCode::CREATED));
+    assert_eq!(answers.iter().filter(|a| a.replayed()).count(), 1);
+    assert_eq!(handler.executions(), 2);
+}
+
+/// The key is released before the waiters' mark reaches its row, and one of them takes it
+/// over: the execution it runs still wakes the other waiter. (A mark of the live row in
+/// progress only: it found the released row expired and marked nothing, the takeover
+/// kept the row unmarked, and its completion notified no one, so the other waiter waited out
+/// its whole wait.) The row is held with `FOR UPDATE` so that the release queues first and the
+/// mark behind it.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_key_released_before_the_waiters_mark_still_wakes_them() {
+    let Waiting {
+        store,
+        admin,
+        handler,
+        svc,
+        _pg,
+    } = Waiting::start().await;
+    let path = "/gated?fail_first";
+    let first = tokio::spawn(send(&svc, post(path, Some("k"), "{}")));
+    eventually("the first request to run", || handler.executions() == 1).await;
+
+    let digest = StoreKey::derive(None, "POST", "/gated", "k");
+    let hold = hold_row(&admin, &digest).await;
+    handler.open_gate_once();
+    until_blocked(&admin, 1, "the release").await;
+    let mut waiters = JoinSet::new();
+    for _ in 0..2 {
+        waiters.spawn(send(&svc, post(path, Some("k"), "{}")));
+    }
+    until_blocked(&admin, 2, "the waiters' mark").await;
+    hold.commit().await.expect("commit");
+
+    assert_eq!(
+        first.await.unwrap().status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    one_waiter_runs_and_wakes_the_other(&handler, &store, waiters).await;
+}
+
+/// The key's row is gone before the waiters' mark reaches it (the reaper deleted it: here a
+/// transaction holding the row, then deleting it), and one of the waiters makes the key anew:
+/// the mark left a row for the key, so the execution that makes it anew keeps the mark and
+/// wakes the other waiter. (A mark of existing rows only marked nothing.)
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_key_deleted_before_the_waiters_mark_still_wakes_them() {
+    let Waiting {
+        store,
+        admin,
+        handler,
+        svc,
+        _pg,
+    } = Waiting::start().await;
+    let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));
+    eventually("the first request to run", || handler.executions() == 1).await;
+
+    let digest = StoreKey::derive(None, "POST", "/gated", "k");
+    let mut hold = hold_row(&admin, &digest).await;
+    let mut waiters = JoinSet::new();
+    for _ in 0..2 {
+        waiters.spawn(send(&svc, post("/gated", Some("k"), "{}")));
+    }
+    eventually("both waiters to have looked", || store.begins() == 1 + 2).await;
+    until_blocked(&admin, 1, "the waiters' mark").await;
+    sqlx::query("DELETE FROM idempotency_records WHERE key = $1")
+        .bind(&digest.as_bytes()[..])
+        .execute(&mut *hold)
+        .await
+        .expect("delete the row");
+    hold.commit().await.expect("commit");
+
+    one_waiter_runs_and_wakes_the_other(&handler, &store, waiters).await;
+    // The first execution lost its row: its answer still reaches its client.
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
 }
 
 /// The ids of the clients subscribed to a channel.

@@ -78,6 +78,11 @@ impl Handler {
         self.gate.add_permits(1_000);
     }
 
+    /// Lets one gated execution finish; the next still waits.
+    pub fn open_gate_once(&self) {
+        self.gate.add_permits(1);
+    }
+
     /// Wraps the handler in `layer`.
     pub fn service<St: IdempotencyStore>(&self, layer: IdempotencyLayer<St>) -> TestService {
         let handler = self.clone();

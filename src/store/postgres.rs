@@ -21,6 +21,12 @@ const BEGIN_ATTEMPTS: usize = 5;
 /// live request waiting on a row it locks waits no longer.
 const REAP_BATCH: u64 = 10_000;
 
+/// How long the reaper leaves a row waited on after it expired. Its waiters take the key over
+/// within milliseconds of the release or the lease's end that woke them (seconds while they
+/// poll); deleted before that, the row's mark would go with it, and the execution that takes
+/// the key over would wake none of the waiters still waiting.
+const WAITED_ON_KEPT_SECS: u64 = 60;
+
 /// Keeps records in PostgreSQL, on an sqlx pool you already have.
 ///
 /// One table with a unique key; `begin` is one statement (`INSERT ... ON CONFLICT DO UPDATE ...
@@ -78,7 +84,7 @@ struct Queries {
     release: String,
     renew: String,
     reap: String,
-    /// Marks keys in progress as waited on.
+    /// Marks keys as waited on (their rows, whatever their state).
     mark: String,
     /// The channel `complete` and `release` notify on.
     channel: String,
@@ -87,6 +93,12 @@ struct Queries {
 impl Queries {
     fn for_table(table: &str) -> Self {
         let channel = format!("{table}_changed");
+        // A row waited on outlives its expiry a while, so that the request that takes the key
+        // over (one of its waiters, woken by the release) finds it and keeps its mark.
+        let reapable = format!(
+            "expires_at <= now()
+             AND (NOT waiting OR expires_at <= now() - {WAITED_ON_KEPT_SECS} * interval '1 second')"
+        );
         // Notifies, in the statement that changed the row, only when a process waits on it.
         let notify = format!(
             "SELECT count(*) AS changed,
@@ -155,12 +167,17 @@ impl Queries {
             // row as it is when deleted: a key a `begin` took over meanwhile is live, and stays.
             reap: format!(
                 "DELETE FROM {table} WHERE key = ANY(ARRAY(
-                    SELECT key FROM {table} WHERE expires_at <= now() LIMIT {REAP_BATCH}
-                 )) AND expires_at <= now()"
+                    SELECT key FROM {table} WHERE {reapable} LIMIT {REAP_BATCH}
+                 )) AND {reapable}"
             ),
+            // The mark is the key's, not one execution's: it marks the key's row whatever its
+            // state (a release may have ended the lease the waiter saw), and where the key has
+            // no row, leaves an expired one that carries it. A takeover by `begin` keeps it.
             mark: format!(
-                "UPDATE {table} SET waiting = true
-                 WHERE key = ANY($1) AND state = 'p' AND NOT waiting AND expires_at > now()"
+                "INSERT INTO {table} AS t (key, state, fingerprint, expires_at, waiting)
+                 SELECT key, 'p', ''::bytea, now() - interval '1 millisecond', true
+                 FROM unnest($1::bytea[]) AS key
+                 ON CONFLICT (key) DO UPDATE SET waiting = true WHERE NOT t.waiting"
             ),
             channel,
         }
@@ -204,7 +221,8 @@ impl PostgresStore {
     }
 
     /// Deletes up to 10 000 expired rows in one statement; returns how many went. Reads ignore
-    /// expired rows anyway: this only keeps the table small.
+    /// expired rows anyway: this only keeps the table small. A row a process waits on stays a
+    /// minute past its expiry, for the waiter that takes its key over to keep its mark.
     pub async fn reap_expired(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(&self.queries.reap)
             .execute(&self.pool)

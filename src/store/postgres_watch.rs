@@ -4,9 +4,13 @@
 //! `NOTIFY` serialises the commits of every notifying transaction on a database-wide lock, so a
 //! notification on every completion would cap first executions. Instead a waiting process
 //! marks the key's row (`waiting`), and `complete` and `release` notify, in the same statement,
-//! only when their row is marked. The mark is the waiter's subscription: the row lock orders it
-//! against the completion, so either the completion sees the mark and notifies, or the mark
-//! finds the key no longer in progress and the waiter's next look sees the outcome.
+//! only when their row is marked. The mark is the waiter's subscription, and it is the key's,
+//! not one execution's: it marks the row whatever its state (or leaves an expired row where
+//! the key has none), a takeover by `begin` keeps it, and the reaper leaves a marked row a
+//! minute past its expiry. So whatever the waiter's next look sees in progress (the execution
+//! it saw, or one that took the key over after a release) notifies when it ends. A mark of the
+//! live row in progress only would have missed a release that came first: the execution that
+//! then took the key over would have been unmarked, and its waiters woken by no one.
 
 use std::{
     sync::{Arc, Weak},
@@ -30,7 +34,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub(super) struct Channel {
     /// The channel `complete` and `release` notify on, with the key's digest in hex.
     pub(super) name: String,
-    /// Marks keys (`$1`, a `bytea[]`) in progress as waited on.
+    /// Marks keys (`$1`, a `bytea[]`, sorted and without duplicates) as waited on.
     pub(super) mark: String,
 }
 
@@ -169,8 +173,11 @@ async fn mark(
             let Some(strong) = hub.upgrade() else {
                 return;
             };
-            // Keys whose watchers already left need nothing.
+            // Keys whose watchers already left need nothing. Sorted, without duplicates: an
+            // upsert may not touch one row twice, and marks from several processes lock the
+            // rows in one order.
             batch.retain(|key| strong.is_watched(key));
+            batch.sort_unstable();
             batch.dedup();
             drop(strong);
             if batch.is_empty() {
