@@ -302,22 +302,31 @@ async fn waiters_finish_when_the_postgres_listener_is_killed() {
     assert_eq!(handler.executions(), 1);
 }
 
-/// How many backends wait for a lock another holds.
+/// How many backends wait behind `holder`: for a lock it holds, or behind one that does (a
+/// row's second waiter waits for the first, not for the holder). Other tests' locks do not
+/// count, on a shared `DATABASE_URL` too.
 #[cfg(feature = "postgres")]
-async fn blocked_backends(admin: &sqlx::PgPool) -> i64 {
+async fn backends_behind(admin: &sqlx::PgPool, holder: i32) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0",
+        "WITH RECURSIVE behind(pid) AS (
+             SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))
+             UNION
+             SELECT a.pid FROM pg_stat_activity a, behind b
+             WHERE b.pid = ANY(pg_blocking_pids(a.pid))
+         )
+         SELECT count(*) FROM behind",
     )
+    .bind(holder)
     .fetch_one(admin)
     .await
     .expect("pg_stat_activity")
 }
 
-/// Polls until `backends` wait for a lock, failing after [`DEADLINE`].
+/// Polls until `backends` wait behind the row `hold` holds, failing after [`DEADLINE`].
 #[cfg(feature = "postgres")]
-async fn until_blocked(admin: &sqlx::PgPool, backends: i64, what: &str) {
+async fn until_blocked(admin: &sqlx::PgPool, hold: &HeldRow, backends: i64, what: &str) {
     let deadline = Instant::now() + DEADLINE;
-    while blocked_backends(admin).await < backends {
+    while backends_behind(admin, hold.pid).await < backends {
         assert!(
             Instant::now() < deadline,
             "{what} never waited for the lock"
@@ -358,19 +367,25 @@ impl Waiting {
     }
 }
 
-/// Locks `key`'s row in a transaction of its own, until it ends.
+/// A row locked by a transaction of its own, and that transaction's backend.
 #[cfg(feature = "postgres")]
-async fn hold_row(
-    admin: &sqlx::PgPool,
-    key: &StoreKey,
-) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut hold = admin.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM idempotency_records WHERE key = $1 FOR UPDATE")
-        .bind(&key.as_bytes()[..])
-        .execute(&mut *hold)
-        .await
-        .expect("lock the row");
-    hold
+struct HeldRow {
+    transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+    pid: i32,
+}
+
+/// Locks `key`'s row until the returned transaction ends.
+#[cfg(feature = "postgres")]
+async fn hold_row(admin: &sqlx::PgPool, key: &StoreKey) -> HeldRow {
+    let mut transaction = admin.begin().await.expect("begin");
+    let pid = sqlx::query_scalar(
+        "SELECT pg_backend_pid() FROM idempotency_records WHERE key = $1 FOR UPDATE",
+    )
+    .bind(&key.as_bytes()[..])
+    .fetch_one(&mut *transaction)
+    .await
+    .expect("lock the row");
+    HeldRow { transaction, pid }
 }
 
 /// Two waiters were let look at a key with no execution in progress: one of them runs
@@ -417,13 +432,13 @@ async fn a_postgres_key_released_before_the_waiters_mark_still_wakes_them() {
     let digest = StoreKey::derive(None, "POST", "/gated", "k");
     let hold = hold_row(&admin, &digest).await;
     handler.open_gate_once();
-    until_blocked(&admin, 1, "the release").await;
+    until_blocked(&admin, &hold, 1, "the release").await;
     let mut waiters = JoinSet::new();
     for _ in 0..2 {
         waiters.spawn(send(&svc, post(path, Some("k"), "{}")));
     }
-    until_blocked(&admin, 2, "the waiters' mark").await;
-    hold.commit().await.expect("commit");
+    until_blocked(&admin, &hold, 2, "the waiters' mark").await;
+    hold.transaction.commit().await.expect("commit");
 
     assert_eq!(
         first.await.unwrap().status,
@@ -456,13 +471,13 @@ async fn a_postgres_key_deleted_before_the_waiters_mark_still_wakes_them() {
         waiters.spawn(send(&svc, post("/gated", Some("k"), "{}")));
     }
     eventually("both waiters to have looked", || store.begins() == 1 + 2).await;
-    until_blocked(&admin, 1, "the waiters' mark").await;
+    until_blocked(&admin, &hold, 1, "the waiters' mark").await;
     sqlx::query("DELETE FROM idempotency_records WHERE key = $1")
         .bind(&digest.as_bytes()[..])
-        .execute(&mut *hold)
+        .execute(&mut *hold.transaction)
         .await
         .expect("delete the row");
-    hold.commit().await.expect("commit");
+    hold.transaction.commit().await.expect("commit");
 
     one_waiter_runs_and_wakes_the_other(&handler, &store, waiters).await;
     // The first execution lost its row: its answer still reaches its client.
