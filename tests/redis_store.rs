@@ -6,7 +6,7 @@ mod common;
 use futures_util::StreamExt;
 use http::StatusCode;
 use redis::AsyncCommands;
-use test_support::{unique_prefix, TestRedis};
+use test_support::{connections_accepted, unique_prefix, TestRedis};
 use tower_idempotency::{IdempotencyLayer, RedisStore, ReplayCache, StoreKey};
 
 use common::{logs, post, send, Handler};
@@ -422,19 +422,6 @@ async fn keep_three_waiting_connections(store: &RedisStore) {
     for result in [&a, &b, &c] {
         assert!(reached_the_server(result), "{result:?}");
     }
-}
-
-/// The connections the server has accepted since it started (`INFO stats`).
-async fn connections_accepted(probe: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(probe)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_connections_received:"))
-        .and_then(|count| count.trim().parse().ok())
-        .expect("INFO stats names total_connections_received")
 }
 
 /// After a restart, the connections kept for calls that wait for replicas are all broken: one

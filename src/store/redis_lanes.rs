@@ -144,3 +144,44 @@ impl Drop for Lane<'_> {
 fn answered(error: &RedisError) -> bool {
     matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
+
+#[cfg(test)]
+mod tests {
+    use test_support::{connections_accepted, TestRedis};
+
+    use super::*;
+
+    /// An idle lane is reused while fresh; one that sat idle [`MAX_IDLE`] is closed, and the
+    /// call gets a new connection.
+    #[tokio::test]
+    async fn a_lane_idle_too_long_is_closed_not_reused() {
+        let redis = TestRedis::start_own().await;
+        let mut probe = redis.connection().await;
+        let lanes = Lanes::new(Client::open(redis.url()).expect("client"));
+        let answered: RedisResult<()> = Ok(());
+        let accepted = connections_accepted(&mut probe).await;
+        lanes.take().await.expect("lane").finish(&answered);
+        lanes.take().await.expect("lane").finish(&answered);
+        assert_eq!(
+            connections_accepted(&mut probe).await - accepted,
+            1,
+            "a fresh idle lane was not reused"
+        );
+
+        // As if it had sat idle that long (the guard let go before the next call takes it).
+        {
+            let mut idle = lanes.lock_idle();
+            let since = &mut idle[0].since;
+            *since = since
+                .checked_sub(MAX_IDLE)
+                .expect("up longer than MAX_IDLE");
+        }
+        lanes.take().await.expect("lane").finish(&answered);
+        assert_eq!(
+            connections_accepted(&mut probe).await - accepted,
+            2,
+            "a lane idle for MAX_IDLE was reused"
+        );
+        assert_eq!(lanes.lock_idle().len(), 1, "the stale lane was kept");
+    }
+}

@@ -17,4 +17,6 @@ pub mod server;
 
 pub use cluster::TestCluster;
 pub use postgres::TestPostgres;
-pub use server::{pause_all_clients, unique_prefix, RedisServer, SpawnError, TestRedis};
+pub use server::{
+    connections_accepted, pause_all_clients, unique_prefix, RedisServer, SpawnError, TestRedis,
+};

@@ -125,6 +125,21 @@ pub async fn pause_all_clients(conn: &mut redis::aio::MultiplexedConnection, how
         .expect("CLIENT PAUSE");
 }
 
+/// How many connections the server has accepted since it started (`INFO stats`,
+/// `total_connections_received`): a test takes it before and after to count the connections a
+/// step opened.
+pub async fn connections_accepted(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("INFO stats names total_connections_received")
+}
+
 /// A key prefix no other test uses, for sharing one server.
 pub fn unique_prefix(test: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
