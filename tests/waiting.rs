@@ -437,6 +437,8 @@ async fn a_postgres_key_released_before_the_waiters_mark_still_wakes_them() {
     for _ in 0..2 {
         waiters.spawn(send(&svc, post(path, Some("k"), "{}")));
     }
+    // One mark serves both waiters of the process: both must have looked before it goes on.
+    eventually("both waiters to have looked", || store.begins() == 1 + 2).await;
     until_blocked(&admin, &hold, 2, "the waiters' mark").await;
     hold.transaction.commit().await.expect("commit");
 

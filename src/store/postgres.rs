@@ -99,6 +99,11 @@ impl Queries {
             "expires_at <= now()
              AND (NOT waiting OR expires_at <= now() - {WAITED_ON_KEPT_SECS} * interval '1 second')"
         );
+        // A row the mark made for a key that had none: never a record nor a lease, whatever
+        // its expiry says. (It is made already expired, but by the mark's clock: a `begin`
+        // whose transaction started a moment earlier would see it live, and answer 422.)
+        let mark_only = |row: &str| format!("({row}state = 'p' AND {row}token IS NULL)");
+        let (mark_only, mark_only_t) = (mark_only(""), mark_only("t."));
         // Notifies, in the statement that changed the row, only when a process waits on it.
         let notify = format!(
             "SELECT count(*) AS changed,
@@ -114,7 +119,7 @@ impl Queries {
             begin: format!(
                 "WITH held AS (
                     SELECT 1 FROM {table}
-                    WHERE key = $1 AND expires_at > now()
+                    WHERE key = $1 AND expires_at > now() AND NOT {mark_only}
                       AND NOT (state = 'p' AND token = $3 AND fingerprint = $2)
                 ), acquired AS (
                     INSERT INTO {table} AS t (key, state, fingerprint, token, record, expires_at)
@@ -124,7 +129,7 @@ impl Queries {
                         SET state = 'p', fingerprint = EXCLUDED.fingerprint,
                             token = EXCLUDED.token, record = NULL,
                             expires_at = EXCLUDED.expires_at
-                        WHERE t.expires_at <= now()
+                        WHERE t.expires_at <= now() OR {mark_only_t}
                            OR (t.state = 'p' AND t.token = EXCLUDED.token
                                AND t.fingerprint = EXCLUDED.fingerprint)
                     RETURNING nextval('{table}_fence') AS fence
@@ -136,7 +141,8 @@ impl Queries {
                 SELECT 'e', NULL, fingerprint, state, record,
                        (extract(epoch FROM expires_at - now()) * 1000)::bigint
                 FROM {table}
-                WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM acquired)"
+                WHERE key = $1 AND expires_at > now() AND NOT {mark_only}
+                  AND NOT EXISTS (SELECT 1 FROM acquired)"
             ),
             complete: format!(
                 "WITH changed AS (
@@ -172,7 +178,8 @@ impl Queries {
             ),
             // The mark is the key's, not one execution's: it marks the key's row whatever its
             // state (a release may have ended the lease the waiter saw), and where the key has
-            // no row, leaves an expired one that carries it. A takeover by `begin` keeps it.
+            // no row, leaves an expired one that carries it (`mark_only`: no token). A takeover
+            // by `begin` keeps it.
             mark: format!(
                 "INSERT INTO {table} AS t (key, state, fingerprint, expires_at, waiting)
                  SELECT key, 'p', ''::bytea, now() - interval '1 millisecond', true
