@@ -245,6 +245,14 @@ impl PostgresStore {
         &self.queries.reap
     }
 
+    /// The statements `begin` and `complete` run (`$1` key, `$2` fingerprint, `$3` token, `$4`
+    /// lease in ms; `$1` key, `$2` token, `$3` record, `$4` result TTL in ms), so that the load
+    /// comparison's hand-made variant makes the store's own statements, not copies that drift.
+    #[doc(hidden)]
+    pub fn begin_and_complete_statements(&self) -> (&str, &str) {
+        (&self.queries.begin, &self.queries.complete)
+    }
+
     /// Every `every`, on the current Tokio runtime, deletes the expired rows, a
     /// [`reap_expired`](Self::reap_expired) batch at a time until a batch comes back short,
     /// until the returned handle is aborted. (One batch per tick would fall behind any

@@ -288,50 +288,6 @@ async fn pg_pool(database_url: &str) -> Result<PgPool, BoxError> {
         .await?)
 }
 
-/// `PostgresStore`'s `begin` statement (src/store/postgres.rs, `Queries::for_table`), as is:
-/// insert the key in progress, or take over an expired lease, or read what is there.
-const PG_BEGIN: &str = "WITH held AS (
-        SELECT 1 FROM idempotency_records
-        WHERE key = $1 AND expires_at > now()
-          AND NOT (state = 'p' AND token = $3 AND fingerprint = $2)
-    ), acquired AS (
-        INSERT INTO idempotency_records AS t (key, state, fingerprint, token, record, expires_at)
-        SELECT $1, 'p', $2, $3, NULL, now() + $4 * interval '1 millisecond'
-        WHERE NOT EXISTS (SELECT 1 FROM held)
-        ON CONFLICT (key) DO UPDATE
-            SET state = 'p', fingerprint = EXCLUDED.fingerprint,
-                token = EXCLUDED.token, record = NULL,
-                expires_at = EXCLUDED.expires_at
-            WHERE t.expires_at <= now()
-               OR (t.state = 'p' AND t.token = EXCLUDED.token
-                   AND t.fingerprint = EXCLUDED.fingerprint)
-        RETURNING nextval('idempotency_records_fence') AS fence
-    )
-    SELECT 'a' AS outcome, fence, NULL::bytea AS fingerprint, NULL::text AS state,
-           NULL::bytea AS record, NULL::bigint AS remaining_ms
-    FROM acquired
-    UNION ALL
-    SELECT 'e', NULL, fingerprint, state, record,
-           (extract(epoch FROM expires_at - now()) * 1000)::bigint
-    FROM idempotency_records
-    WHERE key = $1 AND expires_at > now() AND NOT EXISTS (SELECT 1 FROM acquired)";
-
-/// `PostgresStore`'s `complete` statement, as is: one token-checked `UPDATE`, which notifies
-/// only when a process waits on the key (none does here).
-const PG_COMPLETE: &str = "WITH changed AS (
-        UPDATE idempotency_records
-        SET state = 'c', record = $3,
-            expires_at = now() + $4 * interval '1 millisecond'
-        WHERE key = $1 AND token = $2 AND (state = 'p' OR record = $3)
-          AND expires_at > now()
-        RETURNING key, waiting
-    )
-    SELECT count(*) AS changed,
-           count(CASE WHEN waiting
-                 THEN (SELECT 1 FROM pg_notify('idempotency_records_changed', encode(key, 'hex'))) END)
-               AS notified
-    FROM changed";
-
 /// The lease and the result TTL, in milliseconds: the layer's defaults.
 const LEASE_MS: i64 = 30_000;
 const RESULT_TTL_MS: i64 = 86_400_000;
@@ -340,6 +296,9 @@ const RESULT_TTL_MS: i64 = 86_400_000;
 /// fingerprint, 16-byte token, the record in the crate's encoding).
 struct ManualPg {
     pool: PgPool,
+    /// `PostgresStore`'s own `begin` and `complete` statements, as they are.
+    begin: String,
+    complete: String,
     fingerprint: [u8; 32],
     record: Vec<u8>,
     process: u64,
@@ -359,8 +318,13 @@ async fn manual_pg(database_url: &str) -> Result<Router, BoxError> {
         headers,
         Bytes::from_static(ORDER.as_bytes()),
     );
+    let store = PostgresStore::new(pool.clone());
+    let (begin, complete) = store.begin_and_complete_statements();
+    let (begin, complete) = (begin.to_owned(), complete.to_owned());
     let manual = Arc::new(ManualPg {
         pool,
+        begin,
+        complete,
         fingerprint: [7; 32],
         record: CompletedRecord::Response(response).encode().to_vec(),
         process: u64::from(std::process::id()),
@@ -382,7 +346,7 @@ async fn manual_pg(database_url: &str) -> Result<Router, BoxError> {
         let count = m.tokens.fetch_add(1, Ordering::Relaxed);
         let token = ((u128::from(m.process) << 64) | u128::from(count)).to_be_bytes();
         let result: Result<Option<StatusCode>, sqlx::Error> = async {
-            let row = sqlx::query(PG_BEGIN)
+            let row = sqlx::query(&m.begin)
                 .bind(key)
                 .bind(&m.fingerprint[..])
                 .bind(&token[..])
@@ -396,7 +360,7 @@ async fn manual_pg(database_url: &str) -> Result<Router, BoxError> {
             let outcome: String = row.try_get("outcome")?;
             if outcome == "a" {
                 let _fence: i64 = row.try_get("fence")?;
-                let done = sqlx::query(PG_COMPLETE)
+                let done = sqlx::query(&m.complete)
                     .bind(key)
                     .bind(&token[..])
                     .bind(&m.record[..])
