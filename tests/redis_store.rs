@@ -412,16 +412,20 @@ fn reached_the_server<T>(result: &Result<T, tower_idempotency::StoreError>) -> b
     )
 }
 
-/// Three waiting calls at once: three connections of their own, kept idle afterwards.
-async fn keep_three_waiting_connections(store: &RedisStore) {
+/// A server of its own and an [`unreplicated_store`] on it that made three waiting calls at
+/// once: three connections of their own, kept idle afterwards.
+async fn three_kept_waiting_connections() -> (TestRedis, RedisStore) {
+    let redis = TestRedis::start_own().await;
+    let store = unreplicated_store(&redis).await;
     let (a, b, c) = tokio::join!(
-        begin_waiting(store, 0),
-        begin_waiting(store, 1),
-        begin_waiting(store, 2)
+        begin_waiting(&store, 0),
+        begin_waiting(&store, 1),
+        begin_waiting(&store, 2)
     );
     for result in [&a, &b, &c] {
         assert!(reached_the_server(result), "{result:?}");
     }
+    (redis, store)
 }
 
 /// After a restart, the connections kept for calls that wait for replicas are all broken: one
@@ -429,9 +433,7 @@ async fn keep_three_waiting_connections(store: &RedisStore) {
 /// one request each in turn.
 #[tokio::test]
 async fn after_a_restart_one_waiting_call_fails_and_the_next_reaches_the_server() {
-    let mut redis = TestRedis::start_own().await;
-    let store = unreplicated_store(&redis).await;
-    keep_three_waiting_connections(&store).await;
+    let (mut redis, store) = three_kept_waiting_connections().await;
 
     let server = redis.server().expect("a spawned server");
     server.stop();
@@ -455,9 +457,7 @@ async fn after_a_restart_one_waiting_call_fails_and_the_next_reaches_the_server(
 /// connections too: each would otherwise cost a request a full timeout of its own.
 #[tokio::test]
 async fn a_waiting_call_cut_off_by_a_timeout_drops_the_kept_connections() {
-    let redis = TestRedis::start_own().await;
-    let store = unreplicated_store(&redis).await;
-    keep_three_waiting_connections(&store).await;
+    let (redis, store) = three_kept_waiting_connections().await;
     let mut probe = redis.connection().await;
     let accepted = connections_accepted(&mut probe).await;
 
@@ -483,9 +483,7 @@ async fn a_waiting_call_cut_off_by_a_timeout_drops_the_kept_connections() {
 /// next call opens none.
 #[tokio::test]
 async fn a_waiting_call_answered_with_an_error_keeps_its_connection() {
-    let redis = TestRedis::start_own().await;
-    let store = unreplicated_store(&redis).await;
-    keep_three_waiting_connections(&store).await;
+    let (redis, store) = three_kept_waiting_connections().await;
     let mut probe = redis.connection().await;
     let accepted = connections_accepted(&mut probe).await;
 

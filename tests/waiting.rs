@@ -335,20 +335,23 @@ async fn until_blocked(admin: &sqlx::PgPool, hold: &HeldRow, backends: i64, what
     }
 }
 
-/// A PostgreSQL store whose waiters are woken only by a notification: its lease and its
-/// wait outlast the test.
+/// A PostgreSQL store whose waiters are woken only by a notification (its lease and its wait
+/// outlast the test), with a first request on key `k` running (gated) and its row held.
 #[cfg(feature = "postgres")]
 struct Waiting {
     store: CountingStore<tower_idempotency::PostgresStore>,
     admin: sqlx::PgPool,
     handler: Handler,
     svc: common::TestService,
+    first: tokio::task::JoinHandle<common::Answer>,
+    hold: HeldRow,
     _pg: test_support::TestPostgres,
 }
 
 #[cfg(feature = "postgres")]
 impl Waiting {
-    async fn start() -> Self {
+    /// Sends the first request to `path`, and holds its row once it runs.
+    async fn start(path: &str) -> Self {
         let (store, pg) = common::postgres_store().await;
         let store = CountingStore::new(store);
         let admin = sqlx::PgPool::connect(pg.url()).await.expect("connect");
@@ -357,11 +360,16 @@ impl Waiting {
             .with_lease_ttl(Duration::from_secs(120))
             .with_wait(DEADLINE);
         let svc = handler.service(layer);
+        let first = tokio::spawn(send(&svc, post(path, Some("k"), "{}")));
+        eventually("the first request to run", || handler.executions() == 1).await;
+        let hold = hold_row(&admin, StoreKey::derive(None, "POST", "/gated", "k")).await;
         Self {
             store,
             admin,
             handler,
             svc,
+            first,
+            hold,
             _pg: pg,
         }
     }
@@ -370,13 +378,14 @@ impl Waiting {
 /// A row locked by a transaction of its own, and that transaction's backend.
 #[cfg(feature = "postgres")]
 struct HeldRow {
+    key: StoreKey,
     transaction: sqlx::Transaction<'static, sqlx::Postgres>,
     pid: i32,
 }
 
 /// Locks `key`'s row until the returned transaction ends.
 #[cfg(feature = "postgres")]
-async fn hold_row(admin: &sqlx::PgPool, key: &StoreKey) -> HeldRow {
+async fn hold_row(admin: &sqlx::PgPool, key: StoreKey) -> HeldRow {
     let mut transaction = admin.begin().await.expect("begin");
     let pid = sqlx::query_scalar(
         "SELECT pg_backend_pid() FROM idempotency_records WHERE key = $1 FOR UPDATE",
@@ -385,7 +394,11 @@ async fn hold_row(admin: &sqlx::PgPool, key: &StoreKey) -> HeldRow {
     .fetch_one(&mut *transaction)
     .await
     .expect("lock the row");
-    HeldRow { transaction, pid }
+    HeldRow {
+        key,
+        transaction,
+        pid,
+    }
 }
 
 /// Two waiters were let look at a key with no execution in progress: one of them runs
@@ -418,19 +431,16 @@ async fn one_waiter_runs_and_wakes_the_other<St: WatchKeys>(
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_key_released_before_the_waiters_mark_still_wakes_them() {
+    let path = "/gated?fail_first";
     let Waiting {
         store,
         admin,
         handler,
         svc,
+        first,
+        hold,
         _pg,
-    } = Waiting::start().await;
-    let path = "/gated?fail_first";
-    let first = tokio::spawn(send(&svc, post(path, Some("k"), "{}")));
-    eventually("the first request to run", || handler.executions() == 1).await;
-
-    let digest = StoreKey::derive(None, "POST", "/gated", "k");
-    let hold = hold_row(&admin, &digest).await;
+    } = Waiting::start(path).await;
     handler.open_gate_once();
     until_blocked(&admin, &hold, 1, "the release").await;
     let mut waiters = JoinSet::new();
@@ -461,13 +471,10 @@ async fn a_postgres_key_deleted_before_the_waiters_mark_still_wakes_them() {
         admin,
         handler,
         svc,
+        first,
+        mut hold,
         _pg,
-    } = Waiting::start().await;
-    let first = tokio::spawn(send(&svc, post("/gated", Some("k"), "{}")));
-    eventually("the first request to run", || handler.executions() == 1).await;
-
-    let digest = StoreKey::derive(None, "POST", "/gated", "k");
-    let mut hold = hold_row(&admin, &digest).await;
+    } = Waiting::start("/gated").await;
     let mut waiters = JoinSet::new();
     for _ in 0..2 {
         waiters.spawn(send(&svc, post("/gated", Some("k"), "{}")));
@@ -475,7 +482,7 @@ async fn a_postgres_key_deleted_before_the_waiters_mark_still_wakes_them() {
     eventually("both waiters to have looked", || store.begins() == 1 + 2).await;
     until_blocked(&admin, &hold, 1, "the waiters' mark").await;
     sqlx::query("DELETE FROM idempotency_records WHERE key = $1")
-        .bind(&digest.as_bytes()[..])
+        .bind(&hold.key.as_bytes()[..])
         .execute(&mut *hold.transaction)
         .await
         .expect("delete the row");
