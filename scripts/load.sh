@@ -12,7 +12,7 @@
 #   ROUNDS=1 DURATION=20 CONNECTIONS=128 ./scripts/load.sh
 #   VARIANTS="b1 c b2 d" ./scripts/load.sh    # only these variants (a full run takes a while)
 #   VARIANTS="p1 p tf p2 q d t" ./scripts/load.sh   # the PostgreSQL and tiered comparison
-#   BASELINE=dc26008 ./scripts/load.sh        # adds c0 and d0: (c) and (d) built at that revision
+#   BASELINE=dc26008 ./scripts/load.sh        # adds c0, d0, p0, q0: (c), (d), (p), (q) built at that revision
 #   DELAY_US=250 CONNECTIONS=1 ./scripts/load.sh   # the store 0.5 ms of round trip away
 #
 # VARIANTS picks variants by name; they still run in the script's order, so the two sides of a
@@ -21,10 +21,10 @@
 # README's figures mixes in the machine's run-to-run noise, which is as large as the effects
 # worth catching. It builds load_server at that revision (a git worktree and its own
 # CARGO_TARGET_DIR, both under target/load-baseline/, so the main build is untouched; the
-# worktree is removed at exit, the build is kept for the next run) and runs c0 next to c and d0
-# next to d in every round, after them in odd rounds and before them in even ones (so that
+# worktree is removed at exit, the build is kept for the next run) and runs c0 next to c, d0
+# next to d, p0 next to p and q0 next to q in every round, after them in odd rounds and before them in even ones (so that
 # whatever favours the first or the second of two runs cannot pass for a difference between the
-# revisions); the report adds the ratios (c)/(c0) and (d)/(d0).
+# revisions); the report adds the ratios (c)/(c0), (d)/(d0), (p)/(p0) and (q)/(q0).
 #
 # ca (RedisStore waiting for a replica's acknowledgement) starts a replica of the script's Redis;
 # with DELAY_US, the replica reaches its primary through the delay line too.
@@ -66,7 +66,8 @@ worktree=""
 # machine.
 # With BASELINE, c0 and d0 (the baseline binary: a name ending in 0) follow c and d, so that c
 # sits next to both b1 and c0, and d next to both b2 and d0 (in every other round they come
-# just before them); t then follows d0, so it is next to d only in even rounds.
+# just before them); t then follows d0, so it is next to d only in even rounds. p0 and q0
+# follow p and q the same way.
 all_variants=(
   "a|bare|fresh|no idempotency"
   "l|ours-cached|replay|tower-idempotency, ReplayCache<RedisStore>, replays"
@@ -81,9 +82,11 @@ all_variants=(
   "t|ours-tiered|replay|tower-idempotency, TieredStore<RedisStore, PostgresStore>, replays"
   "p1|manual-pg-first|fresh|handler makes PostgresStore's 2 statements by hand"
   "p|ours-postgres|fresh|tower-idempotency, PostgresStore, first executions"
+  "p0|ours-postgres|fresh|tower-idempotency at $baseline, PostgresStore, first executions"
   "tf|ours-tiered|fresh|tower-idempotency, TieredStore<RedisStore, PostgresStore>, first executions"
   "p2|manual-pg-replay|replay|handler makes PostgresStore's begin statement by hand"
   "q|ours-postgres|replay|tower-idempotency, PostgresStore, replays"
+  "q0|ours-postgres|replay|tower-idempotency at $baseline, PostgresStore, replays"
   "e|ours-memory|fresh|tower-idempotency, MemoryStore, first executions"
   "f|axum-idempotent|fresh|axum-idempotent 0.6, in-memory sessions (MokaStore), first executions"
   "f2|axum-idempotent|replay|axum-idempotent 0.6, in-memory sessions (MokaStore), replays"
@@ -95,12 +98,12 @@ for entry in "${all_variants[@]}"; do
 done
 wanted=" ${VARIANTS:-$known} "
 for name in $wanted; do
-  [[ "$known" == *" $name "* ]] || { echo "unknown variant $name; known:$known(c0 and d0 come with BASELINE)" >&2; exit 1; }
+  [[ "$known" == *" $name "* ]] || { echo "unknown variant $name; known:$known(c0, d0, p0 and q0 come with BASELINE)" >&2; exit 1; }
 done
 variants=()
 for entry in "${all_variants[@]}"; do
   name=${entry%%|*}
-  # c0 and d0 run with c and d, and only with a baseline.
+  # c0, d0, p0 and q0 run with c, d, p and q, and only with a baseline.
   case "$name" in *0) [ -n "$baseline" ] || continue; name=${name%0} ;; esac
   if [[ "$wanted" == *" $name "* ]]; then variants+=("$entry"); fi
 done
@@ -274,7 +277,7 @@ fi
 for round in $(seq 1 "$ROUNDS"); do
   order=("${variants[@]}")
   # Every other round, each baseline variant runs before its counterpart instead of after, so
-  # that neither side of (c)/(c0) and (d)/(d0) always runs second.
+  # that neither side of (c)/(c0), (d)/(d0), (p)/(p0) and (q)/(q0) always runs second.
   if [ $((round % 2)) -eq 0 ]; then
     for i in "${!order[@]}"; do
       if [ "$i" -gt 0 ] && [[ "${order[$i]}" == "${order[$((i - 1))]%%|*}0|"* ]]; then
@@ -357,7 +360,7 @@ for entry in entries:
     median = sorted(runs[name], key=lambda m: m["rps"])[(rounds - 1) // 2]
     rows.append((name, what, median, min(m["rps"] for m in runs[name]), max(m["rps"] for m in runs[name])))
 # Shown in the order of the letters, whatever order they ran in.
-display = ["a", "b1", "b2", "b4", "c", "ca", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "q", "tf", "t"]
+display = ["a", "b1", "b2", "b4", "c", "ca", "c0", "d", "d0", "e", "l", "f", "f2", "p1", "p2", "p", "p0", "q", "q0", "tf", "t"]
 rows.sort(key=lambda row: display.index(row[0]) if row[0] in display else len(display))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Load comparison: wrk, 1 thread, {connections} connections, {rounds} rounds of {duration} s per "
@@ -370,7 +373,7 @@ if pg_note:
     print(pg_note + "\n")
 print("Each row is the variant's median round; the range is over all rounds.\n")
 if baseline:
-    print(f"c0 and d0 are c and d with load_server built at {baseline}, each run next to its "
+    print(f"c0, d0, p0 and q0 are c, d, p and q with load_server built at {baseline}, each run next to its "
           "counterpart in every round (after it in odd rounds, before it in even ones).\n")
 cpu_text = lambda us: "-" if us is None else f"{us:.1f} us"
 print("| variant | what | requests/s | range | p50 | p99 | server CPU / request | Redis CPU / request "
@@ -405,6 +408,8 @@ for label, num, den, target in [
     (f"(d)/(d0) replay vs itself at {baseline}", "d", "d0", ""),
     ("(p)/(p1) PostgreSQL first execution vs the store's statements by hand", "p", "p1", ">= 0.8"),
     ("(q)/(p2) PostgreSQL replay vs the store's begin statement by hand", "q", "p2", ">= 0.9"),
+    (f"(p)/(p0) PostgreSQL first execution vs itself at {baseline}", "p", "p0", ""),
+    (f"(q)/(q0) PostgreSQL replay vs itself at {baseline}", "q", "q0", ""),
     ("(t)/(d) tiered replay (Redis in front of PostgreSQL) vs RedisStore replay", "t", "d", ">= 0.9"),
     ("(tf)/(p) tiered first execution vs PostgresStore first execution", "tf", "p", ">= 0.8"),
 ]:
